@@ -1,0 +1,28 @@
+"""Model families by name: the one place a config's `model.name` is resolved.
+
+Each family lives in its own file and imports on its own; this table imports it lazily.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+import flax.linen as nn
+
+MODELS = {
+    "vit": "attn_jax.models.vit:ViT",
+}
+
+
+def build_model(name: str, **kwargs: Any) -> nn.Module:
+    """Instantiate the model registered under `name` with `kwargs` as its fields."""
+    if name not in MODELS:
+        raise ValueError(f"model.name={name!r} is unknown; choose one of {sorted(MODELS)}")
+    module, cls = MODELS[name].split(":")
+    model_cls = getattr(importlib.import_module(module), cls)
+    try:
+        return model_cls(**kwargs)
+    except TypeError as e:  # a misspelt field: name it
+        fields = sorted(getattr(model_cls, "__dataclass_fields__", {}))
+        raise ValueError(f"model {name!r}: {e}; its fields are {fields}") from None

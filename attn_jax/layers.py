@@ -1,0 +1,79 @@
+"""Small blocks shared by the model families: the Transformer MLP and a partitioned LayerNorm."""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+Initializer = Callable[..., Array]
+
+
+def layer_norm(
+    *,
+    epsilon: float = 1e-6,
+    dtype: jnp.dtype | None = None,
+    param_dtype: jnp.dtype = jnp.float32,
+    name: str | None = None,
+) -> nn.LayerNorm:
+    """`nn.LayerNorm` whose scale and bias carry the logical axis name 'norm'.
+
+    epsilon=1e-6 as in ViT / the Flax examples (the PyTorch default is 1e-5).
+    """
+    return nn.LayerNorm(
+        epsilon=epsilon,
+        dtype=dtype,
+        param_dtype=param_dtype,
+        scale_init=nn.with_logical_partitioning(nn.initializers.ones, ("norm",)),
+        bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("norm",)),
+        name=name,
+    )
+
+
+class MlpBlock(nn.Module):
+    """Transformer feed-forward block (Vaswani et al. 2017, eq. 2; ViT eq. 3).
+
+    Dense(mlp_dim) -> activation -> dropout -> Dense(out_dim) -> dropout, on `[..., embed]`.
+    Initialisation follows ViT: xavier_uniform kernels, normal(1e-6) biases.
+
+    Attributes:
+      mlp_dim: hidden width.
+      out_dim: output width (default: the input width).
+      dropout_rate: dropout after the activation and after the output projection.
+      activation: elementwise nonlinearity (exact GELU by default, as in ViT/BERT).
+      dtype: compute dtype; param_dtype: storage dtype.
+    """
+
+    mlp_dim: int
+    out_dim: int | None = None
+    dropout_rate: float = 0.0
+    activation: Callable[[Array], Array] = nn.gelu
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    kernel_init: Initializer = nn.initializers.xavier_uniform()
+    bias_init: Initializer = nn.initializers.normal(stddev=1e-6)
+
+    @nn.compact
+    def __call__(self, inputs: Array, *, deterministic: bool = True) -> Array:
+        """`[..., embed]` -> `[..., out_dim or embed]`."""
+        out_dim = self.out_dim or inputs.shape[-1]
+        x = nn.Dense(
+            self.mlp_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
+            bias_init=nn.with_logical_partitioning(self.bias_init, ("mlp",)),
+        )(inputs)
+        x = self.activation(x)
+        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+        x = nn.Dense(
+            out_dim,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", "embed")),
+            bias_init=nn.with_logical_partitioning(self.bias_init, ("embed",)),
+        )(x)
+        return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)

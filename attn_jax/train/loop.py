@@ -1,0 +1,249 @@
+"""The shared trainer: one loop for every task, on any mesh, single- or multi-host.
+
+Reads top to bottom: config checks -> mesh -> task and abstract state -> shardings -> workdir,
+checkpoint restore or init -> jitted steps -> loop (train, log, eval, artefacts, checkpoint).
+Nothing touches the workdir before every check has passed and the state has been traced, so a bad
+config never damages an existing run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import signal
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from attn_jax.tasks import get_task
+from attn_jax.train import sharding as shd
+from attn_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+from attn_jax.train.metric_writer import MetricWriter, Progress
+from attn_jax.train.optim import make_optimizer
+
+log = logging.getLogger(__name__)
+
+
+@flax.struct.dataclass
+class TrainState:
+    """Everything a resumed run needs besides the data position (saved next to it)."""
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    ema_params: Any  # None when config.ema_decay == 0
+    rng: jax.Array   # raw uint32 key; step keys are fold_in(rng, step), so no RNG state to carry
+
+
+# ------------------------------------------------------------------------------------ checks
+def total_steps(config: ml_collections.ConfigDict, task: Any) -> int:
+    if config.get("total_steps"):
+        return int(config.total_steps)
+    epochs = config.get("num_epochs")
+    if not epochs:
+        raise ValueError("set config.total_steps or config.num_epochs")
+    return max(1, int(epochs * task.train_size() // config.batch_size))
+
+
+def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    """Config errors that would otherwise surface mid-compile, or mid-run."""
+    batch, dp = int(config.batch_size), shd.data_parallel_size(mesh)
+    accum = int(config.get("grad_accum_steps", 1))
+    if batch % dp:
+        raise ValueError(f"batch_size={batch} is not divisible by the data-parallel size {dp} "
+                         f"(mesh data*fsdp = {dict(mesh.shape)})")
+    if batch % jax.process_count():
+        raise ValueError(f"batch_size={batch} is not divisible by the {jax.process_count()} "
+                         "processes")
+    if accum < 1 or batch % accum or (batch // accum) % dp:
+        raise ValueError(f"grad_accum_steps={accum}: batch_size={batch} must split into {accum} "
+                         f"micro-batches each divisible by the data-parallel size {dp}")
+    if config.get("dtype", "float32") not in ("float32", "bfloat16", "float16"):
+        raise ValueError(f"dtype={config.dtype!r}: choose float32, bfloat16 or float16")
+    if not 0.0 <= float(config.get("ema_decay", 0.0)) < 1.0:
+        raise ValueError(f"ema_decay={config.ema_decay} must be in [0, 1)")
+
+
+# ------------------------------------------------------------------------------------ steps
+def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                    accum: int, ema_decay: float) -> Callable:
+    """(state, batch) -> (state, metrics). Gradient accumulation scans over micro-batches."""
+
+    def grads_of(params, batch, rng, step):
+        return jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng, step)
+
+    def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
+        rng = jax.random.fold_in(state.rng, state.step)
+        if accum == 1:
+            (loss, metrics), grads = grads_of(state.params, batch, rng, state.step)
+        else:
+            # Micro-batch k takes rows k, k+accum, ...: each device keeps its own rows (no
+            # resharding), and the mean of equal-size micro-batch means is the full-batch mean.
+            micro = jax.tree.map(
+                lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1),
+                batch)
+
+            def body(carry, inputs):
+                k, mb = inputs
+                out = grads_of(state.params, mb, jax.random.fold_in(rng, k), state.step)
+                return jax.tree.map(jnp.add, carry, out), None
+
+            first = jax.tree.map(lambda x: x[0], micro)
+            zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
+                grads_of, state.params, first, rng, state.step))
+            total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+            (loss, metrics), grads = jax.tree.map(lambda x: x / accum, total)
+        updates, opt_state = tx.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ema = state.ema_params
+        if ema is not None:
+            ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
+        metrics = {**metrics, "loss": loss, "learning_rate": schedule(state.step),
+                   "grad_norm": optax.global_norm(grads)}
+        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
+                             ema_params=ema), metrics
+
+    return train_step
+
+
+# ------------------------------------------------------------------------------------ main
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Train `config.task` as configured, resuming from `workdir` if it holds a checkpoint.
+
+    Returns the final evaluation metrics.
+    """
+    # -- checks and mesh (nothing written yet) --
+    mesh = shd.make_mesh(dict(config.mesh))
+    validate(config, mesh)
+    task = get_task(config.task)(config)
+    task.validate()
+    steps = total_steps(config, task)
+    accum = int(config.get("grad_accum_steps", 1))
+    ema_decay = float(config.get("ema_decay", 0.0))
+    primary = jax.process_index() == 0
+
+    # -- abstract state and its shardings --
+    tx, schedule = make_optimizer(config.optim, steps)
+    rng = jax.random.PRNGKey(int(config.seed))
+
+    def init_state(rng: jax.Array, boxed: bool) -> TrainState:
+        params = task.init_params(jax.random.fold_in(rng, 0))
+        raw = nn.unbox(params)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params if boxed else raw,
+                          opt_state=tx.init(raw),
+                          ema_params=(params if boxed else raw) if ema_decay else None, rng=rng)
+
+    abstract_boxed = jax.eval_shape(lambda r: init_state(r, True), rng)  # traces: shape errors here
+    param_sh = shd.logical_shardings(abstract_boxed.params, mesh)
+    state_sh = TrainState(
+        step=shd.NamedSharding(mesh, shd.P()), params=param_sh,
+        opt_state=shd.optimizer_shardings(tx, abstract_boxed.opt_state, param_sh, mesh),
+        ema_params=param_sh if ema_decay else None, rng=shd.NamedSharding(mesh, shd.P()))
+    abstract = abstract_with_shardings(jax.eval_shape(lambda r: init_state(r, False), rng),
+                                       state_sh)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+
+    # -- workdir: writer, checkpoints, data --
+    os.makedirs(workdir, exist_ok=True)
+    writer = MetricWriter(workdir, enabled=primary)
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint)
+    train_iter = task.train_iterator(seed=int(config.seed), process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    start = ckpt.latest_step()
+    if start is not None:
+        state, data_state = ckpt.restore(start, abstract)
+        train_iter.set_state(data_state)
+        log.info("resumed from step %d", start)
+    else:
+        state = jax.jit(lambda r: init_state(r, False), out_shardings=state_sh)(rng)
+    if primary:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            json.dump(config.to_dict(), f, indent=2, default=str)
+        print(f"{config.task}: {n_params:,} parameters, mesh {dict(mesh.shape)}, "
+              f"{jax.process_count()} process(es), {steps} steps, "
+              f"{'resuming at step ' + str(start) if start is not None else 'from scratch'}",
+              flush=True)
+
+    # -- jitted steps --
+    train_step = make_train_step(task, tx, schedule, accum, ema_decay)
+    jit_train = None  # built on the first batch, when the batch's structure is known
+    jit_eval = jax.jit(task.eval_sums, in_shardings=(param_sh, None))
+
+    def evaluate(params: Any) -> dict[str, float]:
+        results = {}
+        for split in task.eval_splits():
+            sums: dict[str, float] = {}
+            for host_batch in task.eval_iterator(split, process_index=jax.process_index(),
+                                                 process_count=jax.process_count()):
+                out = jax.device_get(jit_eval(params, shd.global_batch(mesh, host_batch)))
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            count = max(sums.pop("count", 0.0), 1.0)
+            results.update({f"{split}_{k}": v / count for k, v in sums.items()})
+        return results
+
+    def save(step: int, metrics: dict[str, float] | None = None) -> None:
+        ckpt.save(step, state, train_iter.get_state(), config.to_dict(), metrics)
+
+    # -- loop --
+    step = int(jax.device_get(state.step))
+    progress = Progress(steps, step, enabled=primary)
+    log_every = int(config.get("log_every_steps", 50))
+    eval_every = int(config.get("eval_every_steps", 0)) or steps
+    ckpt_every = int(config.checkpoint.get("every_steps", 0)) or steps
+    debug = config.get("debug", ml_collections.ConfigDict())
+    final: dict[str, float] = {}
+    try:
+        while step < steps:
+            host_batch = next(train_iter)
+            batch = shd.global_batch(mesh, host_batch)
+            if jit_train is None:
+                batch_sh = jax.tree.map(lambda x: shd.batch_sharding(mesh, x.ndim), batch)
+                jit_train = jax.jit(train_step, in_shardings=(state_sh, batch_sh),
+                                    out_shardings=(state_sh, None), donate_argnums=0)
+            state, metrics = jit_train(state, batch)
+            step += 1
+            if debug.get("log_batches"):  # lets tests compare the batches two runs saw
+                _log_batch(workdir, step, host_batch, jax.process_index())
+            if step % log_every == 0 or step == steps:
+                metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                writer.scalars(step, "train", {**metrics, "steps_per_sec":
+                                               progress.report(step, metrics)})
+            eval_metrics = None
+            if step % eval_every == 0 or step == steps:
+                eval_metrics = evaluate(state.params)
+                if state.ema_params is not None:
+                    eval_metrics |= {f"ema_{k}": v for k, v in evaluate(state.ema_params).items()}
+                eval_metrics |= task.artifacts(state.params, state.ema_params, step, workdir,
+                                               writer, mesh)
+                writer.scalars(step, "eval", eval_metrics)
+                if primary:
+                    print(f"eval @ {step}: " + "  ".join(
+                        f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
+                final = eval_metrics
+            if step % ckpt_every == 0 or step == steps:
+                save(step, eval_metrics)
+                if debug.get("kill_after_save_step") == step:
+                    os.kill(os.getpid(), signal.SIGKILL)  # a crash while the save is in flight
+                if debug.get("kill_after_step") == step:
+                    ckpt.wait()
+                    os.kill(os.getpid(), signal.SIGKILL)  # a crash between steps
+    finally:
+        ckpt.close()  # waits for an in-flight save: an exception never loses a checkpoint
+        writer.close()
+    return final
+
+
+def _log_batch(workdir: str, step: int, batch: Mapping[str, np.ndarray], process: int) -> None:
+    digest = {k: hashlib.sha1(np.ascontiguousarray(v).tobytes()).hexdigest()
+              for k, v in batch.items()}
+    with open(os.path.join(workdir, f"batches.p{process}.jsonl"), "a") as f:
+        f.write(json.dumps({"step": step, **digest}) + "\n")

@@ -1,0 +1,54 @@
+"""Train any attn_jax model from a config file.
+
+    python train.py                                         # configs/default.py, offline
+    python train.py --config configs/vit_fashion_mnist.py --workdir runs/vit_fmnist
+    python train.py --config configs/vit_cifar10.py --config.batch_size=256 --config.mesh.fsdp=4
+
+Running again on a workdir that holds a checkpoint resumes from it. Several processes (a TPU pod,
+or `--num_processes`/`--process_id`/`--coordinator` by hand) each run this same command.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+
+from absl import app, flags
+from ml_collections import config_flags
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+config_flags.DEFINE_config_file("config", os.path.join(ROOT, "configs", "default.py"),
+                                "Config file (configs/*.py), optionally `path:arg`.",
+                                lock_config=True)
+flags.DEFINE_string("workdir", None, "Checkpoints, metrics and artefacts go here "
+                    "(default: runs/<config name>).")
+flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
+flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
+flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with its "
+                  "auto-detection (Cloud TPU pods, SLURM).")
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+    if len(argv) > 1:
+        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    logging.getLogger("absl").setLevel(logging.WARNING)
+    import jax  # after flag parsing: XLA_FLAGS/JAX_PLATFORMS from the environment are in place
+
+    if FLAGS.coordinator or FLAGS.num_processes:
+        jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
+                                   num_processes=FLAGS.num_processes, process_id=FLAGS.process_id)
+    elif FLAGS.distributed:
+        jax.distributed.initialize()
+
+    from attn_jax.train.loop import train_and_evaluate
+
+    config = FLAGS.config
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
+    workdir = FLAGS.workdir or os.path.join("runs", name)
+    train_and_evaluate(config, workdir)
+
+
+if __name__ == "__main__":
+    app.run(main)
