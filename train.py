@@ -47,7 +47,9 @@ def main(argv):
     config = FLAGS.config
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
     workdir = FLAGS.workdir or os.path.join("runs", name)
-    train_and_evaluate(config, workdir)
+    _, final = train_and_evaluate(config, workdir)
+    if jax.process_index() == 0:
+        print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
 
 
 if __name__ == "__main__":

@@ -43,7 +43,7 @@ class MlpBlock(nn.Module):
       mlp_dim: hidden width.
       out_dim: output width (default: the input width).
       dropout_rate: dropout after the activation and after the output projection.
-      activation: elementwise nonlinearity (exact GELU by default, as in ViT/BERT).
+      activation: elementwise nonlinearity (default `nn.gelu`, the tanh approximation, as in ViT).
       dtype: compute dtype; param_dtype: storage dtype.
     """
 

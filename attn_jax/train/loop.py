@@ -107,7 +107,7 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
         if ema is not None:
             ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
         metrics = {**metrics, "loss": loss, "learning_rate": schedule(state.step),
-                   "grad_norm": optax.global_norm(grads)}
+                   "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
                              ema_params=ema), metrics
 
@@ -115,13 +115,17 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
 
 
 # ------------------------------------------------------------------------------------ main
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: list[jax.Device] | None = None) -> tuple[TrainState, dict[str, float]]:
     """Train `config.task` as configured, resuming from `workdir` if it holds a checkpoint.
 
-    Returns the final evaluation metrics.
+    Args:
+      devices: the devices of the mesh (default: all devices of all processes).
+    Returns:
+      The final train state (sharded on the mesh) and the last evaluation's metrics.
     """
     # -- checks and mesh (nothing written yet) --
-    mesh = shd.make_mesh(dict(config.mesh))
+    mesh = shd.make_mesh(dict(config.mesh), devices)
     validate(config, mesh)
     task = get_task(config.task)(config)
     task.validate()
@@ -239,7 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     finally:
         ckpt.close()  # waits for an in-flight save: an exception never loses a checkpoint
         writer.close()
-    return final
+    return state, final
 
 
 def _log_batch(workdir: str, step: int, batch: Mapping[str, np.ndarray], process: int) -> None:

@@ -1,0 +1,250 @@
+"""Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words", eq. 1-4).
+
+Parameter names follow google-research/vision_transformer and big_vision (`embedding`, `cls`,
+`Transformer/encoderblock_{i}`, `encoder_norm`, `pre_logits`, `head`), so the named variants
+have the published parameter counts (ViT-B/16 at 224px, 1000 classes: 86,567,656).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from attn_jax.attention import MultiHeadAttention
+from attn_jax.layers import MlpBlock, layer_norm
+from attn_jax.positional import LearnedPositionEmbedding, sincos_2d_positions
+
+Array = jax.Array
+
+# Width / depth / heads / MLP width per size; Table 1 of the ViT paper and Table 2 of Zhai et al.
+# 2022 ("Scaling Vision Transformers"). 'mu' and 'pico' are small sizes for tests and smoke runs.
+VIT_SIZES: dict[str, dict[str, int]] = {
+    "mu": dict(hidden_size=32, depth=2, num_heads=2, mlp_dim=64),
+    "pico": dict(hidden_size=64, depth=4, num_heads=4, mlp_dim=256),
+    "Ti": dict(hidden_size=192, depth=12, num_heads=3, mlp_dim=768),
+    "S": dict(hidden_size=384, depth=12, num_heads=6, mlp_dim=1536),
+    "M": dict(hidden_size=512, depth=12, num_heads=8, mlp_dim=2048),
+    "B": dict(hidden_size=768, depth=12, num_heads=12, mlp_dim=3072),
+    "L": dict(hidden_size=1024, depth=24, num_heads=16, mlp_dim=4096),
+    "H": dict(hidden_size=1280, depth=32, num_heads=16, mlp_dim=5120),
+}
+
+
+def vit_variant(name: str) -> dict[str, Any]:
+    """Hyper-parameters of a named variant: 'B/16' -> hidden/depth/heads/mlp and patch (16, 16).
+
+    The size alone ('B') leaves patch_size out; any integer patch suffix ('/32', '/8', '/4') works.
+    """
+    size, _, patch = name.partition("/")
+    if size not in VIT_SIZES:
+        raise ValueError(f"Unknown ViT size {size!r} in {name!r}; known: {sorted(VIT_SIZES)}")
+    config: dict[str, Any] = dict(VIT_SIZES[size])
+    if patch:
+        if not patch.isdigit() or int(patch) < 1:
+            raise ValueError(f"ViT variant {name!r}: patch suffix must be a positive integer")
+        config["patch_size"] = (int(patch), int(patch))
+    return config
+
+
+class EncoderBlock(nn.Module):
+    """Pre-norm Transformer block (ViT eq. 2-3): x + MSA(LN(x)), then x + MLP(LN(x)).
+
+    `[batch, length, hidden]` -> `[batch, length, hidden]`.
+    """
+
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    attention_implementation: str | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        y = layer_norm(dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        y = MultiHeadAttention(
+            num_heads=self.num_heads,
+            dropout_rate=self.attention_dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.initializers.xavier_uniform(),
+            implementation=self.attention_implementation,
+        )(y, deterministic=deterministic)
+        y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
+        x = x + y
+        y = layer_norm(dtype=self.dtype, param_dtype=self.param_dtype)(x)
+        y = MlpBlock(
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+        )(y, deterministic=deterministic)
+        return x + y
+
+
+class Encoder(nn.Module):
+    """`depth` EncoderBlocks (`encoderblock_{i}`) and a final LayerNorm (`encoder_norm`)."""
+
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    attention_implementation: str | None = None
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        for i in range(self.depth):
+            x = EncoderBlock(
+                num_heads=self.num_heads,
+                mlp_dim=self.mlp_dim,
+                dropout_rate=self.dropout_rate,
+                attention_dropout_rate=self.attention_dropout_rate,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                attention_implementation=self.attention_implementation,
+                name=f"encoderblock_{i}",
+            )(x, deterministic=deterministic)
+        return layer_norm(dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm")(x)
+
+
+class ViT(nn.Module):
+    """Vision Transformer classifier: `[batch, height, width, channels]` -> `[batch, classes]`.
+
+    Attributes:
+      num_classes: classifier outputs; None returns the pooled (pre-logit) features instead.
+      patch_size: patch height and width (an int means square patches).
+      hidden_size, depth, num_heads, mlp_dim: encoder width, blocks, heads, MLP width.
+      dropout_rate: dropout on the embeddings, after attention and inside the MLP.
+      attention_dropout_rate: dropout on the attention weights.
+      pool_type: 'token' (prepended class token, ViT eq. 1, 4) or 'gap' (mean over patches).
+      posemb: 'learn' (a learned table over all tokens, the class token included, as in the
+        original ViT) or 'sincos2d' (fixed 2-D sin-cos on the patches; the class token gets none).
+      representation_size: width of the tanh pre-logits layer (used in pre-training); None: none.
+      head_zero_init: zero-initialise the classifier kernel (standard for fine-tuning).
+      attention_implementation: passed to `jax.nn.dot_product_attention` ('xla', 'cudnn', None).
+    """
+
+    num_classes: int | None
+    patch_size: int | tuple[int, int]
+    hidden_size: int
+    depth: int
+    num_heads: int
+    mlp_dim: int
+    dropout_rate: float = 0.0
+    attention_dropout_rate: float = 0.0
+    pool_type: str = "token"
+    posemb: str = "learn"
+    representation_size: int | None = None
+    head_zero_init: bool = True
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+    attention_implementation: str | None = None
+
+    @classmethod
+    def from_variant(cls, name: str, **overrides: Any) -> "ViT":
+        """`ViT.from_variant('B/16', num_classes=1000)`; keyword overrides win over the variant."""
+        return cls(**{**vit_variant(name), **overrides})
+
+    @property
+    def patch_hw(self) -> tuple[int, int]:
+        p = self.patch_size
+        return (p, p) if isinstance(p, int) else tuple(p)
+
+    @nn.compact
+    def __call__(self, images: Array, *, train: bool = False) -> Array:
+        if self.pool_type not in ("token", "gap"):
+            raise ValueError(f"pool_type must be 'token' or 'gap', got {self.pool_type!r}")
+        if self.posemb not in ("learn", "sincos2d"):
+            raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
+        if images.ndim != 4:
+            raise ValueError(
+                f"ViT expects images [batch, height, width, channels], got shape {images.shape}"
+            )
+        ph, pw = self.patch_hw
+        if images.shape[1] % ph or images.shape[2] % pw:
+            raise ValueError(
+                f"image size {images.shape[1:3]} (images of shape {images.shape}) is not "
+                f"divisible by patch size {(ph, pw)}"
+            )
+        deterministic = not train
+        # Patchify + linear projection (eq. 1) as one strided convolution: one token per patch.
+        x = nn.Conv(
+            self.hidden_size,
+            (ph, pw),
+            strides=(ph, pw),
+            padding="VALID",
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(
+                nn.initializers.lecun_normal(), (None, None, "conv_in", "embed")
+            ),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("embed",)),
+            name="embedding",
+        )(images)
+        n, h, w, c = x.shape
+        x = jnp.reshape(x, (n, h * w, c))
+        if self.posemb == "sincos2d":
+            x = x + sincos_2d_positions(h, w, c).astype(x.dtype)
+        if self.pool_type == "token":
+            cls = self.param(
+                "cls",
+                nn.with_logical_partitioning(nn.initializers.zeros, (None, None, "embed")),
+                (1, 1, c),
+                self.param_dtype,
+            )
+            x = jnp.concatenate([jnp.tile(cls.astype(x.dtype), (n, 1, 1)), x], axis=1)
+        if self.posemb == "learn":
+            x = LearnedPositionEmbedding(
+                max_length=x.shape[1],
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                name="posembed_input",
+            )(x)
+        x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+        x = Encoder(
+            depth=self.depth,
+            num_heads=self.num_heads,
+            mlp_dim=self.mlp_dim,
+            dropout_rate=self.dropout_rate,
+            attention_dropout_rate=self.attention_dropout_rate,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            attention_implementation=self.attention_implementation,
+            name="Transformer",
+        )(x, deterministic=deterministic)
+        x = x[:, 0] if self.pool_type == "token" else jnp.mean(x, axis=1)  # [batch, hidden]
+
+        head_in_axis = "embed"
+        if self.representation_size is not None:
+            x = nn.Dense(
+                self.representation_size,
+                dtype=self.dtype,
+                param_dtype=self.param_dtype,
+                kernel_init=nn.with_logical_partitioning(
+                    nn.initializers.lecun_normal(), ("embed", None)
+                ),
+                bias_init=nn.with_logical_partitioning(nn.initializers.zeros, (None,)),
+                name="pre_logits",
+            )(x)
+            x = jnp.tanh(x)
+            head_in_axis = None
+        if self.num_classes is None:
+            return x
+        kernel_init = (
+            nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()
+        )
+        return nn.Dense(
+            self.num_classes,
+            dtype=self.dtype,
+            param_dtype=self.param_dtype,
+            kernel_init=nn.with_logical_partitioning(kernel_init, (head_in_axis, "classes")),
+            bias_init=nn.with_logical_partitioning(nn.initializers.zeros, ("classes",)),
+            name="head",
+        )(x)
