@@ -99,7 +99,14 @@ class GaussianDiffusion:
     """Schedule-derived constants `[T]` (float32, computed in float64) plus the model's type.
 
     A frozen pytree: pass it into `jax.jit` as an argument or close over it. Build it with
-    `GaussianDiffusion.create`. The string / float fields are static (not traced).
+    `GaussianDiffusion.create`. The string / float fields are static (not traced):
+
+    Attributes:
+      model_mean_type: what the model predicts: 'epsilon' (Ho et al.), 'x0', or 'v'.
+      model_var_type: 'fixed_small' (beta-tilde_t), 'fixed_large' (beta_t), or 'learned_range'
+        (the model outputs 2C channels; Nichol & Dhariwal 2021).
+      loss_type: 'mse' (L_simple), 'kl' (the bound), 'hybrid' (L_simple + lambda L_vlb).
+      hybrid_lambda: the lambda of 'hybrid' (Nichol & Dhariwal: 0.001).
     """
 
     betas: Array
@@ -153,7 +160,7 @@ class GaussianDiffusion:
         loss_type: str = "mse",
         hybrid_lambda: float = 0.001,
     ) -> "GaussianDiffusion":
-        """From explicit `betas` `[T]`, or else from `schedule` ('linear' | 'cosine') with T steps."""
+        """From explicit `betas` `[T]`, else from `schedule` ('linear' | 'cosine') with T steps."""
         if betas is None:
             betas = schedules.get_beta_schedule(schedule, num_timesteps)
         betas = np.asarray(betas, dtype=np.float64)
@@ -210,11 +217,11 @@ class GaussianDiffusion:
     def q_mean_variance(self, x_start: Array, t: Array) -> MeanVariance:
         """q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I), eq. 4."""
         mean = self._at(self.sqrt_alphas_cumprod, t, x_start) * x_start
-        var = jnp.broadcast_to(self._at(1.0 - self.alphas_cumprod, t, x_start), x_start.shape)
+        # exp(log(1 - abar)) rather than 1 - abar: float32 cancels digits when abar ~ 1.
         log_var = jnp.broadcast_to(
             self._at(self.log_one_minus_alphas_cumprod, t, x_start), x_start.shape
         )
-        return MeanVariance(mean, var, log_var)
+        return MeanVariance(mean, jnp.exp(log_var), log_var)
 
     def q_sample(self, x_start: Array, t: Array, noise: Array) -> Array:
         """x_t = sqrt(abar_t) x_0 + sqrt(1 - abar_t) noise, in closed form (eq. 4)."""
@@ -226,7 +233,7 @@ class GaussianDiffusion:
         )
 
     def q_posterior_mean_variance(self, x_start: Array, x_t: Array, t: Array) -> MeanVariance:
-        """q(x_{t-1} | x_t, x_0) = N(mu-tilde_t, beta-tilde_t I), eqs. 6-7 (log-variance clipped)."""
+        """q(x_{t-1} | x_t, x_0) = N(mu-tilde_t, beta-tilde_t I), eqs. 6-7 (log-var clipped)."""
         if x_start.shape != x_t.shape:
             raise ValueError(f"x_start shape {x_start.shape} != x_t shape {x_t.shape}")
         mean = (
@@ -277,7 +284,7 @@ class GaussianDiffusion:
     # ---------------------------------------------------------------- reverse process p
 
     def split_model_output(self, model_output: Array, x_t: Array) -> tuple[Array, Array | None]:
-        """(mean part `[batch, ..., C]`, variance part or None) of a `[batch, ..., C or 2C]` output."""
+        """Splits an output `[batch, ..., C or 2C]` into (mean part, variance part or None)."""
         channels = x_t.shape[-1]
         if self.model_var_type == "learned_range":
             want = x_t.shape[:-1] + (2 * channels,)

@@ -28,7 +28,7 @@ Array = jax.Array
 def _check_shape(shape: Sequence[int]) -> tuple[int, ...]:
     shape = tuple(int(s) for s in shape)
     if len(shape) < 2 or min(shape) < 1:
-        raise ValueError(f"sample shape must be [batch, ..., channels] with sizes >= 1, got {shape}")
+        raise ValueError(f"sample shape must be [batch, ..., channels], sizes >= 1; got {shape}")
     return shape
 
 
@@ -84,7 +84,7 @@ def ddpm_sample(
 
 
 def ddim_timesteps(num_timesteps: int, num_steps: int) -> np.ndarray:
-    """`num_steps` increasing steps from 0 to T - 1, evenly spaced (rounded), int32 `[num_steps]`."""
+    """`num_steps` increasing steps from 0 to T - 1, evenly spaced (rounded): int32 `[n]`."""
     if not 1 <= num_steps <= num_timesteps:
         raise ValueError(f"num_steps must lie in [1, T={num_timesteps}], got {num_steps}")
     if num_steps == 1:

@@ -1,8 +1,10 @@
 """Vision Transformer (Dosovitskiy et al. 2021, "An Image is Worth 16x16 Words", eq. 1-4).
 
-Parameter names follow google-research/vision_transformer and big_vision (`embedding`, `cls`,
-`Transformer/encoderblock_{i}`, `encoder_norm`, `pre_logits`, `head`), so the named variants
-have the published parameter counts (ViT-B/16 at 224px, 1000 classes: 86,567,656).
+The parameter tree mirrors google-research/vision_transformer (`embedding`, `cls`,
+`posembed_input`, `Transformer/encoderblock_{i}`, `Transformer/encoder_norm`, `pre_logits`,
+`head`) with big_vision's in-block names, and the named variants have the published parameter
+counts (ViT-B/16 at 224px, 1000 classes: 86,567,656). A learned position table fixes the token
+count, so `apply` must see the image size used at `init`.
 """
 
 from __future__ import annotations
