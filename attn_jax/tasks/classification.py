@@ -13,7 +13,8 @@ from attn_jax import data
 from attn_jax.models import build_model
 from attn_jax.tasks.base import Task
 
-DATA_KEYS = {"name", "data_dir", "train_split", "eval_splits", "augment", "mixup_alpha"}
+DATA_KEYS = {"name", "data_dir", "train_split", "eval_splits", "crop_padding", "flip", "image_size",
+             "mixup_alpha"}
 
 
 class ClassificationTask(Task):
@@ -29,7 +30,8 @@ class ClassificationTask(Task):
         if "name" not in config.data:
             raise ValueError("config.data.name is required (e.g. 'fashion_mnist_idx')")
         # Fails here, before any compile, when the dataset is missing (the error says how to get it).
-        self.info = data.dataset_info(config.data.name, data_dir=config.data.get("data_dir"))
+        self.info = data.dataset_info(config.data.name,
+                                      data_dir=config.data.get("data_dir") or None)
         self.dtype = jnp.dtype(config.get("dtype", "float32"))
         self.model = self.build_model()
 
@@ -47,7 +49,9 @@ class ClassificationTask(Task):
         return build_model(name, num_classes=self.info.num_classes, dtype=self.dtype, **kwargs)
 
     def init_params(self, rng: jax.Array) -> Any:
-        dummy = jnp.zeros((1, *self.info.image_shape), jnp.float32)
+        size = self.config.data.get("image_size")
+        h, w, c = self.info.image_shape
+        dummy = jnp.zeros((1, size or h, size or w, c), jnp.float32)
         return self.model.init({"params": rng}, dummy, train=False)["params"]
 
     # -- data --
@@ -55,8 +59,11 @@ class ClassificationTask(Task):
         cfg = self.config.data
         return data.make_iterator(
             cfg.name, split, global_batch_size=int(self.config.batch_size), train=train, seed=seed,
-            process_index=process_index, process_count=process_count, data_dir=cfg.get("data_dir"),
-            augment=cfg.get("augment", None) if train else False)
+            process_index=process_index, process_count=process_count,
+            data_dir=cfg.get("data_dir") or None, image_size=cfg.get("image_size"),
+            # augmentation defaults (None) are the pipeline's: crop + flip for 32x32 RGB only
+            crop_padding=cfg.get("crop_padding") if train else 0,
+            flip=cfg.get("flip") if train else False)
 
     def train_iterator(self, *, seed, process_index, process_count):
         return self._iterator(self.config.data.get("train_split", "train"), True, seed,

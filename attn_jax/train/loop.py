@@ -136,7 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # -- abstract state and its shardings --
     tx, schedule = make_optimizer(config.optim, steps)
-    rng = jax.random.PRNGKey(int(config.seed))
+    seed = int(config.seed)
 
     def init_state(rng: jax.Array, boxed: bool) -> TrainState:
         params = task.init_params(jax.random.fold_in(rng, 0))
@@ -145,14 +145,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           opt_state=tx.init(raw),
                           ema_params=(params if boxed else raw) if ema_decay else None, rng=rng)
 
-    abstract_boxed = jax.eval_shape(lambda r: init_state(r, True), rng)  # traces: shape errors here
+    # Traced, not compiled: a model's shape errors surface here, before anything is written.
+    abstract_boxed = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(seed), True))
     param_sh = shd.logical_shardings(abstract_boxed.params, mesh)
     state_sh = TrainState(
         step=shd.NamedSharding(mesh, shd.P()), params=param_sh,
         opt_state=shd.optimizer_shardings(tx, abstract_boxed.opt_state, param_sh, mesh),
         ema_params=param_sh if ema_decay else None, rng=shd.NamedSharding(mesh, shd.P()))
-    abstract = abstract_with_shardings(jax.eval_shape(lambda r: init_state(r, False), rng),
-                                       state_sh)
+    abstract = abstract_with_shardings(
+        jax.eval_shape(lambda: init_state(jax.random.PRNGKey(seed), False)), state_sh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
 
     # -- workdir: writer, checkpoints, data --
@@ -167,7 +168,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         train_iter.set_state(data_state)
         log.info("resumed from step %d", start)
     else:
-        state = jax.jit(lambda r: init_state(r, False), out_shardings=state_sh)(rng)
+        state = jax.jit(lambda: init_state(jax.random.PRNGKey(seed), False),
+                        out_shardings=state_sh)()
     if primary:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             json.dump(config.to_dict(), f, indent=2, default=str)

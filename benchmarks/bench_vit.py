@@ -1,0 +1,119 @@
+"""Train-step throughput (images/s) and model FLOPs utilisation of the ViT configs.
+
+    python benchmarks/bench_vit.py                                  # the offline configs, CPU
+    python benchmarks/bench_vit.py --configs vit_cifar10,vit_b16_imagenet --batch 256
+
+Times the trainer's own jitted train step (attn_jax.train.loop.make_train_step: forward,
+backward, optimizer update) on random inputs of the config's image shape, on one device.
+FLOPs per step come from XLA's cost analysis of the compiled step; MFU = achieved FLOP/s over the
+device's peak (a table of known peaks, or --peak-tflops). Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import statistics
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from attn_jax.models import build_model
+from attn_jax.train.loop import TrainState, make_train_step
+from attn_jax.train.optim import make_optimizer
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+IMAGE_SHAPES = {"digits_sklearn": (8, 8, 1, 10), "fashion_mnist_idx": (28, 28, 1, 10),
+                "cifar10": (32, 32, 3, 10), "imagenet2012": (224, 224, 3, 1000)}
+# Dense peak TFLOP/s by device kind and dtype (vendor figures, no sparsity).
+PEAKS = {("NVIDIA H100 80GB HBM3", "bfloat16"): 989.0, ("NVIDIA H100 80GB HBM3", "float32"): 67.0,
+         ("NVIDIA H200", "bfloat16"): 989.0, ("NVIDIA H200", "float32"): 67.0,
+         ("TPU v4", "bfloat16"): 275.0, ("TPU v5 lite", "bfloat16"): 197.0}
+
+
+def load_config(name: str):
+    path = os.path.join(ROOT, "configs", f"{name}.py")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+class _RandomTask:
+    """The classification loss on a fixed random batch: the model, not the input pipeline."""
+
+    def __init__(self, model, num_classes):
+        self.model, self.num_classes = model, num_classes
+
+    def loss(self, params, batch, rng, step):
+        logits = self.model.apply({"params": params}, batch["image"], train=True,
+                                  rngs={"dropout": rng}).astype(jnp.float32)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, batch["label"]).mean(), {}
+
+
+def bench(name: str, batch: int | None, dtype: str | None, iters: int, peak: float | None):
+    config = load_config(name)
+    h, w, c, classes = IMAGE_SHAPES[config.data.name]
+    size = config.data.get("image_size") or None
+    h, w = (size, size) if size else (h, w)
+    batch = batch or config.batch_size
+    dtype = dtype or config.dtype
+    kwargs = dict(config.model)
+    model = build_model(kwargs.pop("name"), num_classes=classes, dtype=jnp.dtype(dtype), **kwargs)
+    images = jax.random.normal(jax.random.PRNGKey(0), (batch, h, w, c))
+    labels = jax.random.randint(jax.random.PRNGKey(1), (batch,), 0, classes)
+    params = jax.jit(lambda: nn.unbox(
+        model.init({"params": jax.random.PRNGKey(2)}, images[:1], train=False)["params"]))()
+    tx, schedule = make_optimizer(config.optim, 10_000)
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       ema_params=None, rng=jax.random.PRNGKey(3))
+    step = jax.jit(make_train_step(_RandomTask(model, classes), tx, schedule, 1, 0.0),
+                   donate_argnums=0)
+    data = {"image": images, "label": labels}
+    compiled = step.lower(state, data).compile()
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    flops = float(cost.get("flops", float("nan")))
+    for _ in range(2):
+        state, _ = step(state, data)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(iters):
+        t = time.perf_counter()
+        state, metrics = step(state, data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - t)
+    sec = statistics.median(times)
+    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    device = jax.devices()[0]
+    peak = peak or PEAKS.get((device.device_kind, dtype))
+    achieved = flops / sec / 1e12
+    mfu = f"{100 * achieved / peak:.1f}%" if peak else "n/a"
+    return (f"| {name} | {device.device_kind} | {n_params / 1e6:.2f}M | {batch} | {h}x{w} | {dtype} "
+            f"| {sec * 1e3:.1f} | {batch / sec:,.0f} | {flops / batch / 1e9:.3f} | {achieved:.3f} "
+            f"| {mfu} |")
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--configs", default="default,vit_fashion_mnist")
+    parser.add_argument("--batch", type=int, default=None, help="default: the config's")
+    parser.add_argument("--dtype", default=None, help="default: the config's")
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--peak-tflops", type=float, default=None)
+    args = parser.parse_args()
+    print(f"jax {jax.__version__}, backend {jax.default_backend()}, {time.strftime('%Y-%m-%d')}")
+    print("| config | device | params | batch | image | dtype | ms/step | images/s "
+          "| GFLOP/image (fwd+bwd) | TFLOP/s | MFU |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    for name in args.configs.split(","):
+        print(bench(name, args.batch, args.dtype, args.iters, args.peak_tflops), flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,26 @@
+"""Quickstart: a small ViT on the scikit-learn digits (8x8 grey images, 10 classes), offline.
+
+    python train.py                       # = python train.py --config configs/default.py
+
+Hardware: 2-core CPU. Time and result: see BENCHMARKS.md (quickstart row); the measured numbers
+are repeated at the end of this docstring once recorded.
+"""
+
+from attn_jax.train.config import base_config
+
+
+def get_config(arg=None):
+    config = base_config()
+    config.task = "classification"
+    config.data = dict(name="digits_sklearn", crop_padding=0, flip=False)
+    config.model = dict(name="vit", patch_size=2, hidden_size=64, depth=2, num_heads=4,
+                        mlp_dim=128, pool_type="gap", posemb="sincos2d", dropout_rate=0.1)
+    config.batch_size = 64
+    config.num_epochs = 30
+    config.optim.learning_rate = 3e-3
+    config.optim.weight_decay = 1e-4
+    config.optim.warmup_steps = 50
+    config.log_every_steps = 100
+    config.eval_every_steps = 300
+    config.checkpoint.every_steps = 300
+    return config

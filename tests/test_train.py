@@ -1,0 +1,248 @@
+"""The shared trainer (attn_jax.train.loop): sharding equivalence, resume, multi-process, errors.
+
+The reference for every sharded or resumed run is the same run on one device, straight through.
+Tasks other than classification reuse these checks through `TASK_CONFIGS`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import jax
+import ml_collections
+import numpy as np
+import pytest
+
+from attn_jax.train.config import base_config
+from attn_jax.train.loop import train_and_evaluate
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("tfds"))
+
+
+def classification_config(data_dir: str) -> ml_collections.ConfigDict:
+    """A ViT small enough to compile in seconds, with every axis divisible by 8 devices."""
+    config = base_config()
+    config.task = "classification"
+    config.data = dict(name="digits_sklearn", data_dir=data_dir, crop_padding=0, flip=False)
+    config.model = dict(name="vit", patch_size=4, hidden_size=32, depth=1, num_heads=8,
+                        mlp_dim=64, pool_type="token", posemb="learn", head_zero_init=False)
+    config.batch_size = 32
+    config.total_steps = 4
+    # SGD+momentum, not Adam: Adam divides by sqrt(v) and blows float noise on zero-gradient
+    # parameters (the key bias) up to full-size updates. Momentum is still sharded state.
+    config.optim.name = "sgd"
+    config.optim.learning_rate = 0.05
+    config.optim.schedule = "constant"
+    config.log_every_steps = 1
+    config.eval_every_steps = 4
+    config.checkpoint.every_steps = 2
+    config.checkpoint.async_save = False
+    return config
+
+
+TASK_CONFIGS = {"classification": classification_config}
+
+
+def _losses(workdir: str) -> list[float]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        rows = [json.loads(line) for line in f]
+    return [r["loss"] for r in rows if r["split"] == "train"]
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+@pytest.mark.parametrize("task", sorted(TASK_CONFIGS))
+def test_same_losses_and_params_on_every_mesh(task, data_dir, tmp_path):
+    """Data parallel, FSDP, tensor parallel and a 2x2x2 mesh on 8 devices == 1 device."""
+    config = TASK_CONFIGS[task](data_dir)
+    config.mesh = dict(data=1, fsdp=1, tensor=1)
+    ref_state, ref_eval = train_and_evaluate(config, str(tmp_path / "one"), jax.devices()[:1])
+    ref_losses, ref_params = _losses(str(tmp_path / "one")), _flat(ref_state.params)
+    assert len(ref_losses) == config.total_steps and ref_losses[-1] < ref_losses[0]
+    for name, mesh in {"dp": (8, 1, 1), "fsdp": (1, 8, 1), "tp": (1, 1, 8),
+                       "mixed": (2, 2, 2)}.items():
+        config.mesh = dict(zip(("data", "fsdp", "tensor"), mesh))
+        state, final = train_and_evaluate(config, str(tmp_path / name))
+        np.testing.assert_allclose(_losses(str(tmp_path / name)), ref_losses, rtol=2e-5,
+                                   err_msg=name)
+        for key, value in _flat(state.params).items():
+            np.testing.assert_allclose(value, ref_params[key], rtol=1e-4, atol=1e-6,
+                                       err_msg=f"{name}: {key}")
+        for key in ref_eval:
+            np.testing.assert_allclose(final[key], ref_eval[key], rtol=1e-4, err_msg=name)
+        if name == "fsdp":  # parameters really are split 8 ways
+            kernel = state.params["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]
+            assert kernel.sharding.shard_shape(kernel.shape)[0] == kernel.shape[0] // 8
+        if name == "tp":
+            kernel = state.params["Transformer"]["encoderblock_0"]["MultiHeadAttention_0"]["query"]["kernel"]
+            assert kernel.sharding.shard_shape(kernel.shape)[1] == 1  # 8 heads over 8 devices
+
+
+def test_gradient_accumulation_equals_the_full_batch(data_dir, tmp_path):
+    """4 micro-batches of 8 give the full-batch-32 update (no dropout, so exactly the same maths)."""
+    config = classification_config(data_dir)
+    config.total_steps = 2
+    config.mesh = dict(data=2, fsdp=1, tensor=1)
+    full, _ = train_and_evaluate(config, str(tmp_path / "full"), jax.devices()[:2])
+    config.grad_accum_steps = 4
+    accum, _ = train_and_evaluate(config, str(tmp_path / "accum"), jax.devices()[:2])
+    np.testing.assert_allclose(_losses(str(tmp_path / "accum")), _losses(str(tmp_path / "full")),
+                               rtol=1e-5)
+    for key, value in _flat(accum.params).items():
+        np.testing.assert_allclose(value, _flat(full.params)[key], rtol=1e-4, atol=1e-6)
+
+
+# ------------------------------------------------------------------ train.py as a process
+def _train_py(workdir, data_dir, *overrides, env=None, processes=None, check=True):
+    args = [sys.executable, os.path.join(ROOT, "train.py"),
+            f"--config={os.path.join(ROOT, 'tests', 'train_config.py')}",
+            f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *overrides]
+    full_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+                "JAX_PLATFORMS": "cpu", **(env or {})}
+    return subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=300,
+                          check=False) if not check else _checked(args, full_env)
+
+
+def _checked(args, env):
+    result = subprocess.run(args, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def _batches(workdir, process=0):
+    with open(os.path.join(workdir, f"batches.p{process}.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _final_params(workdir):
+    from attn_jax.train.checkpoint import Checkpointer
+    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), base_config().checkpoint)
+    step = ckpt.latest_step()
+    restored = ckpt.manager.restore(step)  # raw restore: numpy arrays, no target needed
+    ckpt.close()
+    return step, _flat(restored.state["params"])
+
+
+@pytest.mark.slow
+def test_kill_and_resume_equals_a_straight_run(data_dir, tmp_path):
+    """2N steps straight vs N steps, SIGKILL, resume N more: same parameters, same batches."""
+    straight, resumed = str(tmp_path / "straight"), str(tmp_path / "resumed")
+    _train_py(straight, data_dir, "--config.debug.log_batches=True")
+    killed = _train_py(resumed, data_dir, "--config.debug.log_batches=True",
+                       "--config.debug.kill_after_step=4", check=False)
+    assert killed.returncode == -9, killed.stderr[-2000:]  # really killed, not a clean exit
+    assert [b["step"] for b in _batches(resumed)] == [1, 2, 3, 4]
+    # A save that a crash interrupted (no commit, tmp name) must be skipped with a warning.
+    partial = os.path.join(resumed, "checkpoints", "6.orbax-checkpoint-tmp-1234567")
+    os.makedirs(os.path.join(partial, "state"))
+    result = _train_py(resumed, data_dir, "--config.debug.log_batches=True")
+    assert "resuming at step 4" in result.stdout
+    assert "interrupted while saving" in result.stderr
+    assert _batches(resumed) == _batches(straight)  # steps 5..8 saw exactly the same data
+    step_a, params_a = _final_params(straight)
+    step_b, params_b = _final_params(resumed)
+    assert step_a == step_b == 8
+    for key in params_a:
+        np.testing.assert_array_equal(params_a[key], params_b[key], err_msg=key)
+
+
+@pytest.mark.slow
+def test_crash_during_an_async_save_resumes_from_the_previous_checkpoint(data_dir, tmp_path):
+    """SIGKILL right after an asynchronous save was issued: the run resumes and finishes."""
+    workdir = str(tmp_path / "run")
+    killed = _train_py(workdir, data_dir, "--config.checkpoint.async_save=True",
+                       "--config.debug.kill_after_save_step=4", check=False)
+    assert killed.returncode == -9
+    result = _train_py(workdir, data_dir, "--config.checkpoint.async_save=True")
+    assert "resuming at step 2" in result.stdout or "resuming at step 4" in result.stdout
+    assert _final_params(workdir)[0] == 8
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_process(data_dir, tmp_path):
+    """jax.distributed over localhost (CPU collectives), 1 device each, same global batch, as one
+    process with 2 devices: same losses; each host read its own half of every batch."""
+    single = str(tmp_path / "single")
+    _train_py(single, data_dir, "--config.debug.log_batches=True")
+    multi = str(tmp_path / "multi")
+    port = _free_port()
+    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    procs = [subprocess.Popen(
+        [sys.executable, os.path.join(ROOT, "train.py"),
+         f"--config={os.path.join(ROOT, 'tests', 'train_config.py')}", f"--workdir={multi}",
+         f"--config.data.data_dir={data_dir}", "--config.debug.log_batches=True",
+         f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
+        env={**os.environ, "JAX_PLATFORMS": "cpu", **env}, stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE, text=True) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (out, err) in zip(procs, outs):
+        assert p.returncode == 0, out[-2000:] + err[-3000:]
+    assert "2 process(es)" in outs[0][0]
+    np.testing.assert_allclose(_losses(multi), _losses(single), rtol=1e-5)
+    hosts = [_batches(multi, 0), _batches(multi, 1)]
+    assert all(a["label"] != b["label"] for a, b in zip(*hosts))  # disjoint halves
+
+
+# ------------------------------------------------------------------ bad configs
+def _compile_events():
+    events = []
+    jax.monitoring.register_event_duration_secs_listener(
+        lambda name, *_, **__: events.append(name) if "compile" in name else None)
+    return events
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: c.update(batch_size=30), "batch_size=30 is not divisible by the data-parallel size 8"),
+    (lambda c: c.model.update(patch_size=3), "patch"),
+    (lambda c: c.data.update(name="fashion_mnist_idx"), "dataset-fashion-mnist"),
+    (lambda c: c.data.update(flipp=True), "unknown keys"),
+    (lambda c: c.optim.update(schedule="cosin"), "optim.schedule"),
+    (lambda c: c.model.update(hidden_sise=3), "hidden_sise"),
+])
+def test_bad_config_fails_before_compiling_and_leaves_the_workdir_alone(change, match, data_dir,
+                                                                         tmp_path, monkeypatch):
+    workdir = tmp_path / "run"
+    workdir.mkdir()
+    (workdir / "keep.txt").write_text("precious")
+    before = sorted(os.listdir(workdir))
+    config = classification_config(data_dir)
+    config.mesh = dict(data=8, fsdp=1, tensor=1)
+    with config.unlocked():
+        change(config)
+    if "fashion" in match:  # an empty data_dir, and no IDX files where the builder looks
+        config.data.data_dir = str(tmp_path / "empty_tfds")
+        monkeypatch.setenv("FASHION_MNIST_DIR", str(tmp_path / "no-such-dir"))
+    events = _compile_events()
+    with pytest.raises((ValueError, FileNotFoundError), match=match):
+        train_and_evaluate(config, str(workdir))
+    assert not [e for e in events if "backend_compile" in e], events
+    jax.jit(lambda x: x + 1)(np.float32(len(match)))  # control: a compile is seen by the listener
+    assert [e for e in events if "backend_compile" in e]
+    assert sorted(os.listdir(workdir)) == before
+    assert (workdir / "keep.txt").read_text() == "precious"
+
+
+def test_unknown_config_key_on_the_command_line(tmp_path):
+    result = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "train.py"), f"--workdir={tmp_path}",
+         "--config.optim.learning_rat=0.1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode != 0
+    assert "learning_rat" in result.stderr and "learning_rate" in result.stderr
+    assert os.listdir(tmp_path) == []
