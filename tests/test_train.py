@@ -19,6 +19,7 @@ import pytest
 
 from attn_jax.train.config import base_config
 from attn_jax.train.loop import train_and_evaluate
+from attn_jax.train.restore import checkpoint_steps, load_params
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -126,12 +127,8 @@ def _batches(workdir, process=0):
 
 
 def _final_params(workdir):
-    from attn_jax.train.checkpoint import Checkpointer
-    ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), base_config().checkpoint)
-    step = ckpt.latest_step()
-    restored = ckpt.manager.restore(step)  # raw restore: numpy arrays, no target needed
-    ckpt.close()
-    return step, _flat(restored.state["params"])
+    _, params = load_params(workdir)
+    return max(checkpoint_steps(workdir)), _flat(params)
 
 
 @pytest.mark.slow

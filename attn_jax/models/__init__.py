@@ -12,6 +12,7 @@ import flax.linen as nn
 
 MODELS = {
     "vit": "attn_jax.models.vit:ViT",
+    "unet": "attn_jax.models.unet:UNet",
 }
 
 

@@ -6,6 +6,9 @@ import importlib
 
 TASKS = {
     "classification": "attn_jax.tasks.classification:ClassificationTask",
+    "diffusion": "attn_jax.tasks.diffusion:DiffusionTask",
+    "seq2seq": "attn_jax.tasks.seq2seq:Seq2SeqTask",
+    "lm": "attn_jax.tasks.lm:LanguageModelTask",
 }
 
 

@@ -1,0 +1,63 @@
+"""Load a trained model back from a workdir: for sampling, evaluation, fine-tuning, export.
+
+    config, params = load_params("runs/vit_fashion_mnist")          # latest checkpoint
+    config, params = load_params(workdir, ema=True)                  # the EMA parameters
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import ml_collections
+import orbax.checkpoint as ocp
+
+from attn_jax.train.checkpoint import interrupted_saves
+
+
+def load_config(workdir: str) -> ml_collections.ConfigDict:
+    """The config a run was trained with (written to `<workdir>/config.json` at its start)."""
+    path = os.path.join(workdir, "config.json")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a train.py workdir")
+    with open(path) as f:
+        return ml_collections.ConfigDict(json.load(f))
+
+
+def checkpoint_steps(workdir: str) -> list[int]:
+    """Steps of the completed checkpoints in a workdir, oldest first."""
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    if not os.path.isdir(directory):
+        return []
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)
+                               ) as manager:
+        return sorted(manager.all_steps())
+
+
+def load_params(workdir: str, step: int | None = None, *, ema: bool = False
+                ) -> tuple[ml_collections.ConfigDict, Any]:
+    """The run's config and its parameters (NumPy arrays on the host) at `step` (default latest).
+
+    Raises FileNotFoundError naming the directory when there is no completed checkpoint.
+    """
+    config = load_config(workdir)
+    directory = os.path.join(os.path.abspath(workdir), "checkpoints")
+    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)
+                               ) as manager:
+        steps = manager.all_steps()
+        if not steps:
+            partial = interrupted_saves(directory)
+            raise FileNotFoundError(f"no completed checkpoint in {directory}"
+                                    + (f" (interrupted saves: {partial})" if partial else ""))
+        step = max(steps) if step is None else step
+        if step not in steps:
+            raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; "
+                                    f"available: {sorted(steps)}")
+        state = manager.restore(step, args=ocp.args.Composite(
+            state=ocp.args.StandardRestore())).state
+    if ema:
+        if state.get("ema_params") is None:
+            raise ValueError(f"the run in {workdir} kept no EMA parameters (ema_decay was 0)")
+        return config, state["ema_params"]
+    return config, state["params"]
