@@ -34,7 +34,11 @@ def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
+    logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
     import jax  # after flag parsing: XLA_FLAGS/JAX_PLATFORMS from the environment are in place
+    import tensorflow_datasets as tfds
+
+    tfds.disable_progress_bar()
 
     if FLAGS.coordinator or FLAGS.num_processes:
         jax.distributed.initialize(coordinator_address=FLAGS.coordinator,
