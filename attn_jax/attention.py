@@ -402,7 +402,9 @@ class MultiHeadAttention(nn.Module):
       dropout_rate: dropout on the attention weights (rng 'dropout'; uses the reference path).
       dtype: compute dtype; param_dtype: storage dtype.
       use_bias: biases on the four projections.
-      kernel_init, bias_init: initializers of all projections (flax's defaults).
+      kernel_init, bias_init: initializers of the projections (flax's defaults).
+      out_kernel_init: initializer of W_O if it differs (zeros for DDPM's attention block,
+        1/sqrt(2 * layers) scaling for GPT-2); default `kernel_init`.
       decode: keep a key/value cache for autoregressive decoding.
       use_rope: rotary embeddings on queries and keys (Su et al. 2021; self-attention only).
       rope_max_wavelength: RoPE base.
@@ -421,13 +423,15 @@ class MultiHeadAttention(nn.Module):
     use_bias: bool = True
     kernel_init: Initializer = nn.initializers.lecun_normal()
     bias_init: Initializer = nn.initializers.zeros_init()
+    out_kernel_init: Initializer | None = None
     decode: bool = False
     use_rope: bool = False
     rope_max_wavelength: float = 10_000.0
     implementation: str | None = None
     normalize_qk: bool = False
 
-    def _dense(self, features, axis, names: tuple[str, ...], name: str) -> nn.DenseGeneral:
+    def _dense(self, features, axis, names: tuple[str, ...], name: str,
+               kernel_init: Initializer | None = None) -> nn.DenseGeneral:
         n_in = 1 if isinstance(axis, int) else len(axis)
         return nn.DenseGeneral(
             features=features,
@@ -435,7 +439,7 @@ class MultiHeadAttention(nn.Module):
             use_bias=self.use_bias,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.kernel_init, names),
+            kernel_init=nn.with_logical_partitioning(kernel_init or self.kernel_init, names),
             bias_init=nn.with_logical_partitioning(self.bias_init, names[n_in:]),
             name=name,
         )
@@ -559,6 +563,7 @@ class MultiHeadAttention(nn.Module):
         )
         x, weights = result if return_weights else (result, None)
         out = self._dense(
-            self.out_features or inputs_q.shape[-1], (-2, -1), ("heads", "kv", "embed"), "out"
+            self.out_features or inputs_q.shape[-1], (-2, -1), ("heads", "kv", "embed"), "out",
+            kernel_init=self.out_kernel_init,
         )(x)
         return (out, weights) if return_weights else out

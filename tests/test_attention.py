@@ -435,3 +435,13 @@ def test_errors_name_the_shapes():
         MultiHeadAttention(num_heads=2, decode=True).init(
             jax.random.key(0), x, jnp.ones((1, 2, 10))
         )
+
+
+def test_out_kernel_init_applies_to_w_o_only():
+    """DDPM zero-initialises the attention output projection; the other three keep kernel_init."""
+    x = jnp.ones((1, 4, 8))
+    mha = MultiHeadAttention(num_heads=2, out_kernel_init=nn.initializers.zeros)
+    params = nn.unbox(mha.init(jax.random.PRNGKey(0), x)["params"])
+    assert not np.any(np.asarray(params["out"]["kernel"]))
+    assert np.all(np.abs(np.asarray(params["query"]["kernel"])).sum() > 0)
+    np.testing.assert_array_equal(mha.apply({"params": params}, x), 0.0)

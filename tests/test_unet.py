@@ -159,6 +159,14 @@ def test_attn_block_matches_reference_attn_block():
     np.testing.assert_allclose(got, x + o.reshape(x.shape), rtol=1e-4, atol=1e-4)
 
 
+def test_attn_block_at_init_is_identity():
+    """proj_out is zero-initialised (reference init_scale=0), so the block starts as x."""
+    x = np.random.default_rng(2).standard_normal((1, 4, 4, 8)).astype(np.float32)
+    block = AttnBlock(num_heads=1, num_groups=4)
+    variables = jax.jit(block.init)(_key(0), x)
+    np.testing.assert_array_equal(jax.jit(block.apply)(variables, x), x)
+
+
 def test_resnet_block_at_init_is_identity_or_shortcut():
     """conv2 is zero-initialised (reference init_scale=0): at init the block returns x when the
     width is unchanged, and the 1x1 `nin_shortcut` of x when it changes."""

@@ -121,6 +121,7 @@ class AttnBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=default_init,
+            out_kernel_init=nn.initializers.zeros,  # as the official proj_out: block = identity
             implementation=self.attention_implementation,
             name="attn",
         )(h)
