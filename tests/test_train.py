@@ -268,3 +268,24 @@ def test_training_features_and_determinism(data_dir, tmp_path):
     assert {"test_accuracy", "ema_test_accuracy", "test_loss"} <= set(runs["a"][2])
     events = os.listdir(tmp_path / "a" / "tensorboard")
     assert events and all(os.path.getsize(tmp_path / "a" / "tensorboard" / e) > 0 for e in events)
+
+
+def test_resume_onto_a_different_mesh(data_dir, tmp_path):
+    """Checkpoint written from an 8-way data-parallel mesh, resumed on 4-way FSDP x 2-way tensor
+    parallel: the run continues where it stopped and ends where a straight 1-device run ends."""
+    config = classification_config(data_dir)
+    config.mesh = dict(data=1, fsdp=1, tensor=1)
+    straight, _ = train_and_evaluate(config, str(tmp_path / "straight"), jax.devices()[:1])
+    workdir = str(tmp_path / "moved")
+    config.total_steps = 2
+    config.mesh = dict(data=8, fsdp=1, tensor=1)
+    train_and_evaluate(config, workdir)
+    config.total_steps = 4
+    config.mesh = dict(data=1, fsdp=4, tensor=2)
+    moved, _ = train_and_evaluate(config, workdir)
+    assert int(moved.step) == 4
+    kernel = moved.params["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    np.testing.assert_allclose(_losses(workdir), _losses(str(tmp_path / "straight")), rtol=2e-5)
+    for key, value in _flat(moved.params).items():
+        np.testing.assert_allclose(value, _flat(straight.params)[key], rtol=1e-4, atol=1e-6)
