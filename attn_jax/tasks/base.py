@@ -23,6 +23,9 @@ class Task(abc.ABC):
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
+        # Set by the trainer once every check has passed: where a task may keep files it makes
+        # (a tokenizer trained on the task's own text, sample grids).
+        self.workdir: str | None = None
 
     # --- checks and model --------------------------------------------------------------------
     def validate(self) -> None:
@@ -57,7 +60,15 @@ class Task(abc.ABC):
     def eval_sums(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
         """Per-batch sums over real examples; must include 'count'. Averages are sums / count."""
 
+    def wrap_optimizer(self, tx: Any) -> Any:
+        """Hook around the config's optimizer, e.g. to freeze parameters when fine-tuning."""
+        return tx
+
     # --- host-side extras ----------------------------------------------------------------------
+    def eval_metrics(self, split: str, means: dict[str, float]) -> dict[str, float]:
+        """Metrics derived from the eval averages (e.g. perplexity = exp(loss))."""
+        return means
+
     def eval_splits(self) -> tuple[str, ...]:
         return ("test",)
 

@@ -136,6 +136,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # -- abstract state and its shardings --
     tx, schedule = make_optimizer(config.optim, steps)
+    tx = task.wrap_optimizer(tx)
     seed = int(config.seed)
 
     def init_state(rng: jax.Array, boxed: bool) -> TrainState:
@@ -158,6 +159,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # -- workdir: writer, checkpoints, data --
     os.makedirs(workdir, exist_ok=True)
+    task.workdir = workdir
     writer = MetricWriter(workdir, enabled=primary)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint)
     train_iter = task.train_iterator(seed=int(config.seed), process_index=jax.process_index(),
@@ -193,7 +195,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
             count = max(sums.pop("count", 0.0), 1.0)
-            results.update({f"{split}_{k}": v / count for k, v in sums.items()})
+            means = task.eval_metrics(split, {k: v / count for k, v in sums.items()})
+            results.update({f"{split}_{k}": v for k, v in means.items()})
         return results
 
     def save(step: int, metrics: dict[str, float] | None = None) -> None:

@@ -1,0 +1,202 @@
+r"""Attention heatmaps of a trained encoder-decoder, one PNG per layer and attention kind.
+
+    python -m attn_jax.viz.attention_maps --workdir runs/transformer_dates \
+        --text "21. November 2026" [--out DIR] [--step N]
+
+The model greedily translates the text; the translation is then fed back teacher-forced, which
+reproduces the decoder's computation step by step (causal masks, deterministic), and every
+`MultiHeadAttention` call is intercepted (`flax.linen.intercept_methods`) to return its softmax
+weights `[batch, heads, q_len, kv_len]`. Files: `encoder_layer{i}_self_attention.png`,
+`decoder_layer{i}_self_attention.png` and `decoder_layer{i}_cross_attention.png`, each a grid of
+the heads plus their mean. Rows are queries: source tokens in the encoder, and in the decoder the
+output token each position predicts; columns are keys: source tokens, or the decoder's inputs
+(<s> then the output shifted right).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import math
+import os
+import warnings
+from collections.abc import Sequence
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from attn_jax import decoding
+from attn_jax.attention import MultiHeadAttention
+from attn_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, ByteTokenizer, Tokenizer
+from attn_jax.models.transformer import EncoderDecoder
+
+Array = jax.Array
+
+
+def capture_attention(model: EncoderDecoder, params: Any, inputs: Array, targets: Array
+                      ) -> tuple[Array, dict[str, Array]]:
+    """Teacher-forced logits `[batch, tgt_len, vocab]` and the attention weights of every
+    MultiHeadAttention, keyed by module path ('decoder/layer_0/cross_attention'), each
+    `[batch, heads, q_len, kv_len]` float32. Traceable (jit it for long inputs)."""
+    # Weights come from the explicit-softmax path, whatever kernel the model was trained with.
+    model = model.clone(config=dataclasses.replace(model.config, attention_implementation=None))
+    weights: dict[str, Array] = {}
+
+    def record(next_fun, args, kwargs, context):
+        if isinstance(context.module, MultiHeadAttention) and context.method_name == "__call__":
+            out, w = next_fun(*args, **{**kwargs, "return_weights": True})
+            weights["/".join(context.module.path)] = w
+            return out
+        return next_fun(*args, **kwargs)
+
+    with nn.intercept_methods(record):
+        logits = model.apply({"params": params}, inputs, targets)
+    return logits, weights
+
+
+def greedy_translate(model: EncoderDecoder, params: Any, inputs: Array, max_len: int) -> Array:
+    """Greedy decoding `[batch, max_len]` (eos kept, pad after it)."""
+    step_fn, cache = decoding.encoder_decoder_step_fn(model, params, inputs, max_len=max_len)
+    start = jnp.full((inputs.shape[0],), model.config.bos_id, jnp.int32)
+    return decoding.greedy_search(step_fn, cache, start, max_len=max_len, eos_id=EOS_ID,
+                                  pad_id=PAD_ID)
+
+
+def token_labels(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
+    """One printable label per id: specials as <pad>/<s>/</s>; bytes as their character on the
+    lead byte of a UTF-8 sequence and '·' on continuation bytes (scripts beyond Cyrillic, which
+    the default font lacks, as U+XXXX); SentencePiece pieces as they are."""
+    special = {PAD_ID: "<pad>", BOS_ID: "<s>", EOS_ID: "</s>"}
+    if not isinstance(tokenizer, ByteTokenizer):
+        return [special.get(i) or tokenizer.id_to_piece(i) for i in ids]
+    raw = bytes(i - ByteTokenizer.offset for i in ids if i not in special)
+    labels, pos = [], 0
+    for i in ids:
+        if i in special:
+            labels.append(special[i])
+            continue
+        b = i - ByteTokenizer.offset
+        if b < 0x80:
+            labels.append("␣" if b == 0x20 else chr(b) if 0x20 < b < 0x7F else f"\\x{b:02x}")
+        elif b >= 0xC0:  # lead byte: decode the whole character
+            width = 2 if b < 0xE0 else 3 if b < 0xF0 else 4
+            char = raw[pos:pos + width].decode("utf-8", errors="replace")
+            labels.append(char if len(char) == 1 and ord(char) < 0x530 else
+                          f"U+{ord(char[0]):04X}")
+        else:
+            labels.append("·")
+        pos += 1
+    return labels
+
+
+def plot_heads(weights: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
+               title: str, path: str) -> None:
+    """A PNG of `weights` `[heads, q_len, kv_len]`: one heatmap per head and their mean."""
+    try:
+        import matplotlib
+    except ImportError:
+        raise ImportError("attention heatmaps need matplotlib: pip install 'attn_jax[viz]'") from None
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    heads, rows, cols = weights.shape
+    panels = [(f"head {h}", weights[h]) for h in range(heads)] + [("mean", weights.mean(0))]
+    ncols = min(len(panels), 3)
+    nrows = math.ceil(len(panels) / ncols)
+    width, height = max(3.0, 0.18 * cols + 1.2), max(2.5, 0.18 * rows + 1.2)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 0.6),
+                             squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (name, w) in zip(axes.flat, panels):
+        image = ax.imshow(w, vmin=0.0, vmax=1.0, cmap="viridis", aspect="auto",
+                          interpolation="nearest")
+        ax.set_title(name, fontsize=9)
+        ax.set_xticks(range(cols), col_labels, fontsize=7, rotation=90)
+        ax.set_yticks(range(rows), row_labels, fontsize=7)
+    fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
+    fig.suptitle(title)
+    with warnings.catch_warnings():  # a glyph the font lacks is drawn as a box, not an error
+        warnings.simplefilter("ignore")
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
+@dataclasses.dataclass
+class AttentionMaps:
+    """What `attention_maps` computed and wrote."""
+
+    translation: str
+    source_ids: list[int]         # the text's ids + eos
+    output_ids: list[int]         # greedy output up to and including eos
+    logits: np.ndarray            # teacher-forced [1, len(output_ids), vocab]
+    weights: dict[str, np.ndarray]  # module path -> [1, heads, q_len, kv_len]
+    paths: list[str]              # the PNG files
+
+
+def attention_maps(workdir: str, text: str, out: str | None = None, step: int | None = None
+                   ) -> AttentionMaps:
+    """Translates `text` with the run in `workdir` and writes its attention maps to `out`
+    (default `<workdir>/attention_maps`)."""
+    from attn_jax.tasks import get_task
+    from attn_jax.train.restore import load_params
+
+    config, params = load_params(workdir, step)
+    if config.task != "seq2seq":
+        raise ValueError(f"{workdir} holds a {config.task!r} run; attention maps need seq2seq")
+    task = get_task("seq2seq")(config)
+    task.workdir = workdir  # SentencePiece models load from here
+    tokenizer, model = task.tokenizer, task.model
+    src = tokenizer.encode(text) + [EOS_ID]
+    if len(src) > model.config.max_len:
+        raise ValueError(f"{text!r} is {len(src)} tokens; the model takes at most "
+                         f"{model.config.max_len}")
+    inputs = jnp.asarray([src], jnp.int32)
+    params = jax.tree.map(jnp.asarray, params)
+    out_ids = np.asarray(jax.jit(greedy_translate, static_argnums=(0, 3))(
+        model, params, inputs, task.max_decode_len))[0].tolist()
+    length = out_ids.index(EOS_ID) + 1 if EOS_ID in out_ids else len(out_ids)
+    targets = jnp.asarray([out_ids[:length]], jnp.int32)
+    logits, weights = jax.jit(capture_attention, static_argnums=0)(model, params, inputs, targets)
+
+    out = out or os.path.join(workdir, "attention_maps")
+    os.makedirs(out, exist_ok=True)
+    src_labels = token_labels(tokenizer, src)
+    tgt_labels = token_labels(tokenizer, out_ids[:length])
+    dec_inputs = token_labels(tokenizer, [BOS_ID] + out_ids[:length - 1])
+    translation = tokenizer.decode(out_ids[:length])
+    paths = []
+    for name, w in sorted(weights.items()):
+        stack, layer, kind = name.split("/")
+        rows, cols = {("encoder", "self_attention"): (src_labels, src_labels),
+                      ("decoder", "self_attention"): (tgt_labels, dec_inputs),
+                      ("decoder", "cross_attention"): (tgt_labels, src_labels)}[stack, kind]
+        path = os.path.join(out, f"{stack}_{layer.replace('_', '')}_{kind}.png")
+        plot_heads(np.asarray(w[0]), rows, cols,
+                   f"{stack} {layer} {kind.replace('_', '-')}: {text!r} -> {translation!r}", path)
+        paths.append(path)
+    return AttentionMaps(translation, src, out_ids[:length], np.asarray(logits),
+                         {k: np.asarray(v) for k, v in weights.items()}, paths)
+
+
+def main(argv: Sequence[str] | None = None) -> AttentionMaps:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--workdir", required=True, help="a seq2seq run of train.py")
+    parser.add_argument("--text", required=True, help="source text to translate")
+    parser.add_argument("--out", default=None,
+                        help="output folder (default WORKDIR/attention_maps)")
+    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default latest)")
+    args = parser.parse_args(argv)
+    maps = attention_maps(args.workdir, args.text, args.out, args.step)
+    print(f"{args.text!r} -> {maps.translation!r}")
+    for path in maps.paths:
+        print(path)
+    return maps
+
+
+if __name__ == "__main__":
+    main()

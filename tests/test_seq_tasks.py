@@ -1,0 +1,457 @@
+"""The text tasks (seq2seq, lm) through the shared trainer, transfer learning, attention maps.
+
+References: losses recomputed with a NumPy log-softmax over the evaluation batches; bits per byte
+from its definition (one byte per token for the byte tokenizer); the same run on one device for
+the sharded runs; the checkpoint's own arrays for transfer learning; the greedy decoder's tokens
+for the teacher-forced pass the attention maps are drawn from.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+import pytest
+from PIL import Image
+
+from attn_jax import tasks
+from attn_jax.data import text
+from attn_jax.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
+from attn_jax.models import build_model
+from attn_jax.models.transformer import TransformerConfig
+from attn_jax.tasks.transfer import flatten
+from attn_jax.train import loop
+from attn_jax.train.config import base_config
+from attn_jax.train.restore import load_params
+from attn_jax.viz import attention_maps
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+# ------------------------------------------------------------------ tiny configs
+def _tiny_optim(config: ml_collections.ConfigDict, lr: float) -> None:
+    # SGD+momentum, as tests/test_train.py: Adam would blow float noise on zero-gradient
+    # parameters (attention key biases) up to full-size updates and break mesh equivalence.
+    config.optim.name = "sgd"
+    config.optim.learning_rate = lr
+    config.optim.schedule = "constant"
+    config.total_steps = 4
+    config.log_every_steps = 1
+    config.eval_every_steps = 4
+    config.checkpoint.every_steps = 2
+    config.checkpoint.async_save = False
+
+
+def tiny_seq2seq_config(data_dir: str = "") -> ml_collections.ConfigDict:
+    """Dates (3 locales) -> ISO with a 1+1-layer byte-level Transformer; 8 heads for tensor=8."""
+    del data_dir  # the dates are generated
+    config = base_config()
+    config.task = "seq2seq"
+    config.data = dict(dataset="dates", train_size=256, validation_size=32, test_size=32,
+                       locales=["en_GB", "de", "fr"], tokenizer="byte", max_src_len=32,
+                       max_tgt_len=12, eval_splits=["validation"], decode_splits=["test"],
+                       num_examples_shown=3)
+    config.model = dict(name="transformer", emb_dim=32, num_heads=8, mlp_dim=64,
+                        num_encoder_layers=1, num_decoder_layers=1, max_len=32,
+                        dropout_rate=0.0, attention_dropout_rate=0.0)
+    config.batch_size = 16
+    _tiny_optim(config, 0.1)
+    return config
+
+
+def tiny_corpus(data_dir: str) -> str:
+    """Eight small generated .py files under `data_dir` (written once)."""
+    root = os.path.join(data_dir, "tiny_py_corpus")
+    os.makedirs(root, exist_ok=True)
+    for i in range(8):
+        path = os.path.join(root, f"mod_{i}.py")
+        if not os.path.exists(path):
+            with open(path, "w") as f:
+                f.write("".join(f"def f{j}(x):\n    return x * {j} + {i}\n\n" for j in range(30)))
+    return root
+
+
+def tiny_lm_config(data_dir: str) -> ml_collections.ConfigDict:
+    """A 1-layer byte-level GPT (pre-norm, learned positions) on `tiny_corpus(data_dir)`."""
+    config = base_config()
+    config.task = "lm"
+    config.data = dict(dataset="stdlib", root=tiny_corpus(data_dir), validation_fraction=0.25,
+                       tokenizer="byte", seq_len=32, sample_prompt="def ", sample_len=16,
+                       num_samples=2, temperature=0.8, top_k=20)
+    config.model = dict(name="decoder_lm", preset="gpt2_small", emb_dim=32, num_heads=8,
+                        mlp_dim=64, num_decoder_layers=1, max_len=48, dropout_rate=0.0,
+                        attention_dropout_rate=0.0)
+    config.batch_size = 16
+    _tiny_optim(config, 0.3)
+    return config
+
+
+TINY_CONFIGS = {"seq2seq": tiny_seq2seq_config, "lm": tiny_lm_config}
+
+
+# ------------------------------------------------------------------ helpers
+class Trainer:
+    """train_and_evaluate that keeps the tasks it built, so tests can look at them."""
+
+    def __init__(self, monkeypatch):
+        self.tasks: list = []
+
+        def get_task(name):
+            def build(config):
+                task = tasks.get_task(name)(config)
+                self.tasks.append(task)
+                return task
+            return build
+
+        monkeypatch.setattr(loop, "get_task", get_task)
+
+    def __call__(self, config, workdir, devices=None):
+        return loop.train_and_evaluate(config, str(workdir), devices)
+
+
+@pytest.fixture
+def trainer(monkeypatch):
+    return Trainer(monkeypatch)
+
+
+def _rows(workdir: str) -> list[dict]:
+    with open(os.path.join(workdir, "metrics.jsonl")) as f:
+        return [json.loads(line) for line in f]
+
+
+def _losses(workdir: str) -> list[float]:
+    return [r["loss"] for r in _rows(workdir) if r["split"] == "train"]
+
+
+def _flat(tree) -> dict[str, np.ndarray]:
+    return {k: np.asarray(v) for k, v in flatten(tree).items()}
+
+
+def _nll_numpy(logits: np.ndarray, targets: np.ndarray, weights: np.ndarray) -> float:
+    logits = logits.astype(np.float64)
+    logz = np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1)) + logits.max(-1)
+    picked = np.take_along_axis(logits, targets[..., None], -1)[..., 0]
+    return float(((logz - picked) * weights).sum())
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return str(tmp_path_factory.mktemp("data"))
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory, data_dir):
+    """Each tiny config trained once on one device: {task: (workdir, state, final metrics)}."""
+    out = {}
+    for name, make in TINY_CONFIGS.items():
+        workdir = str(tmp_path_factory.mktemp(name))
+        state, final = loop.train_and_evaluate(make(data_dir), workdir, jax.devices()[:1])
+        out[name] = workdir, state, final
+    return out
+
+
+# ------------------------------------------------------------------ seq2seq
+def test_seq2seq_trains_evaluates_and_decodes(runs):
+    """Loss falls; validation loss = NumPy NLL over the real target tokens; decoding metrics
+    and example translations are reported."""
+    workdir, state, final = runs["seq2seq"]
+    losses = _losses(workdir)
+    assert len(losses) == 4 and np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+    assert 0.0 <= final["test_exact_match"] <= 1.0 and 0.0 <= final["test_bleu"] <= 100.0
+
+    config, params = load_params(workdir)
+    task = tasks.get_task("seq2seq")(config)
+    apply = jax.jit(task.model.apply)
+    nll = tokens = 0.0
+    for batch in task.eval_iterator("validation", process_index=0, process_count=1):
+        logits = np.asarray(apply({"params": params}, batch["inputs"], batch["targets"]))
+        weights = (batch["targets"] != 0) * batch["mask"][:, None]
+        nll += _nll_numpy(logits, batch["targets"], weights)
+        tokens += weights.sum()
+    assert tokens == sum(len(t) + 1 for _, t in task.pairs("validation"))  # ISO + eos
+    np.testing.assert_allclose(final["validation_loss"], nll / tokens, rtol=1e-5)
+
+    shown = [r for r in _rows(workdir) if r["split"] == "text"]
+    table = shown[-1]["test_translations"].splitlines()
+    assert len(table) == 2 + 3 and task.pairs("test")[0][1] in table[2]
+
+
+def test_beam_search_decoding_runs_through_the_task(runs):
+    """beam_size > 1 decodes with `decoding.translate`; its best beam never scores below the
+    greedy output under the model (reference: the teacher-forced log-probability)."""
+    workdir, _, _ = runs["seq2seq"]
+    config, params = load_params(workdir)
+    config.data.beam_size = 3
+    beam = tasks.get_task("seq2seq")(config)
+    config.data.beam_size = 1
+    greedy = tasks.get_task("seq2seq")(config)
+    sources = [s for s, _ in beam.pairs("test")[:16]]
+
+    def logprob(task, outputs):
+        ids = task.tokenizer.encode_batch(outputs, task.max_tgt_len)
+        src = task.tokenizer.encode_batch(sources, task.max_src_len)
+        logits = np.asarray(apply({"params": params}, src, ids))
+        return -np.array([_nll_numpy(logits[i:i + 1], ids[i:i + 1], ids[i:i + 1] != 0)
+                          for i in range(len(ids))])
+
+    apply = jax.jit(beam.model.apply)
+    b, g = beam.translate(params, sources), greedy.translate(params, sources)
+    finished = [i for i, s in enumerate(b) if len(s) + 1 < beam.max_tgt_len]
+    assert np.all(logprob(beam, b)[finished] >= logprob(greedy, g)[finished] - 1e-4)
+
+
+# ------------------------------------------------------------------ lm
+def test_lm_trains_and_reports_bits_per_byte(runs):
+    """Loss falls; validation loss = NumPy NLL over every validation byte once; bits per byte =
+    loss / ln 2 (one byte per token); perplexity = exp(loss); a sample continues the prompt."""
+    workdir, _, final = runs["lm"]
+    losses = _losses(workdir)
+    assert len(losses) == 4 and np.all(np.isfinite(losses)) and losses[-1] < losses[0]
+
+    config, params = load_params(workdir)
+    task = tasks.get_task("lm")(config)
+    texts = task.texts("validation")
+    docs = [np.frombuffer(t.encode(), np.uint8).astype(np.int32) + 3 for t in texts]
+    stream = np.concatenate([[2]] + [np.append(d, 2) for d in docs])  # eos, doc, eos, ...
+    windows = text.eval_windows(stream, 32)
+    logits = np.asarray(jax.jit(task.model.apply)({"params": params}, windows[:, :-1]))
+    nll = _nll_numpy(logits, windows[:, 1:], windows[:, 1:] != 0)
+    num_bytes = text.lm_target_bytes(texts)
+    assert len(stream) - 1 == num_bytes
+    np.testing.assert_allclose(final["validation_loss"], nll / num_bytes, rtol=1e-5)
+    np.testing.assert_allclose(final["validation_bits_per_byte"],
+                               nll / (math.log(2) * num_bytes), rtol=1e-5)
+    metrics = task.eval_metrics("validation", {"loss": final["validation_loss"]})
+    np.testing.assert_allclose(metrics["perplexity"], math.exp(final["validation_loss"]))
+
+    sample = [r for r in _rows(workdir) if r["split"] == "text"][-1]["sample"]
+    assert sample.startswith("def ") and sample.count("---") == 1  # two samples
+
+
+def test_spm_bits_per_byte_counts_bytes_not_tokens(data_dir, tmp_path):
+    """SentencePiece LM: the per-row scale makes token-NLL sums into bits per *byte*
+    (reference: NLL sum / (ln 2 * UTF-8 bytes + eos) from `text.bits_per_byte`)."""
+    config = tiny_lm_config(data_dir)
+    config.data.update(tokenizer="sentencepiece", vocab_size=48)  # the corpus has few pieces
+    task = tasks.get_task("lm")(config)
+    task.workdir = str(tmp_path)
+    params = task.init_params(jax.random.PRNGKey(0))
+    params = nn.unbox(params)
+    sums, eval_sums = {}, jax.jit(task.eval_sums)
+    for batch in task.eval_iterator("validation", process_index=0, process_count=1):
+        for k, v in eval_sums(params, batch).items():
+            sums[k] = sums.get(k, 0.0) + float(v)
+    stream = task.stream("validation")
+    assert sums["count"] == len(stream) - 1 < text.lm_target_bytes(task.texts("validation"))
+    np.testing.assert_allclose(
+        sums["bits_per_byte"] / sums["count"],
+        text.bits_per_byte(sums["loss"], text.lm_target_bytes(task.texts("validation"))),
+        rtol=1e-5)
+    assert os.path.exists(tmp_path / "spm.model")
+
+
+# ------------------------------------------------------------------ sharding
+@pytest.mark.parametrize("name", sorted(TINY_CONFIGS))
+def test_same_losses_and_params_on_a_2x2x2_mesh(name, runs, data_dir, tmp_path):
+    """data=2, fsdp=2, tensor=2 on 8 devices == 1 device: losses, parameters, eval metrics
+    (decoded exact match / BLEU included)."""
+    ref_dir, ref_state, ref_final = runs[name]
+    config = TINY_CONFIGS[name](data_dir)
+    config.mesh = dict(data=2, fsdp=2, tensor=2)
+    state, final = loop.train_and_evaluate(config, str(tmp_path))
+    np.testing.assert_allclose(_losses(str(tmp_path)), _losses(ref_dir), rtol=2e-5)
+    ref = _flat(ref_state.params)
+    for key, value in _flat(state.params).items():
+        np.testing.assert_allclose(value, ref[key], rtol=1e-4, atol=1e-6, err_msg=key)
+    assert final.keys() == ref_final.keys()
+    for key in ref_final:
+        np.testing.assert_allclose(final[key], ref_final[key], rtol=1e-4, err_msg=key)
+    query = state.params["decoder"]["layer_0"]["self_attention"]["query"]["kernel"]
+    assert query.sharding.shard_shape(query.shape) == (16, 4, 4)  # embed/fsdp, heads/tensor
+
+
+# ------------------------------------------------------------------ tokenizer and resume
+def test_sentencepiece_is_saved_in_the_workdir_and_reused_on_resume(trainer, data_dir,
+                                                                    tmp_path, monkeypatch):
+    """The first run trains spm.model into the workdir; the resumed run loads the same bytes
+    and never trains again (training is patched to fail)."""
+    config = tiny_lm_config(data_dir)
+    config.data.update(tokenizer="sentencepiece", vocab_size=48, eval_splits=[], num_samples=0)
+    config.total_steps = 2
+    workdir = tmp_path / "run"
+    trainer(config, workdir, jax.devices()[:1])
+    model = (workdir / "spm.model").read_bytes()
+    assert trainer.tasks[-1].tokenizer.vocab_size == 48
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("SentencePiece was trained again on resume")
+
+    monkeypatch.setattr(SentencePieceTokenizer, "train", no_training)
+    config.total_steps = 4
+    trainer(config, workdir, jax.devices()[:1])
+    assert (workdir / "spm.model").read_bytes() == model
+    assert [r["step"] for r in _rows(str(workdir)) if r["split"] == "train"] == [1, 2, 3, 4]
+
+
+def test_sentencepiece_needs_a_workdir():
+    config = tiny_seq2seq_config()
+    config.data.update(tokenizer="sentencepiece", vocab_size=64)
+    task = tasks.get_task("seq2seq")(config)
+    with pytest.raises(ValueError, match="task.workdir"):
+        task.train_iterator(seed=0, process_index=0, process_count=1)
+
+
+# ------------------------------------------------------------------ transfer learning
+def _finetune_config(data_dir, init_from, freeze):
+    config = tiny_lm_config(data_dir)
+    config.model.num_decoder_layers = 2  # layer_1 is new
+    config.data.update(init_from=init_from, freeze=freeze, num_samples=0, eval_splits=[])
+    config.optim.update(name="adamw", weight_decay=0.1, learning_rate=1e-2)
+    config.total_steps = 3
+    return config
+
+
+def test_init_from_loads_matching_parameters_and_freeze_holds_them(runs, data_dir, trainer,
+                                                                   tmp_path):
+    """Loaded parameters equal the checkpoint's arrays; the new layer is freshly initialised;
+    after AdamW steps with weight decay (FSDP over 2 devices) the frozen ones are unchanged,
+    the others moved."""
+    pretrained_dir = runs["lm"][0]
+    _, pretrained = load_params(pretrained_dir)
+    pretrained = _flat(pretrained)
+    freeze = ["embedding/embedding", "decoder/layer_0/.*"]
+    config = _finetune_config(data_dir, pretrained_dir, freeze)
+    config.mesh = dict(data=1, fsdp=2, tensor=1)
+
+    task = tasks.get_task("lm")(config)
+    task.wrap_optimizer(optax.sgd(0.1))  # as the trainer does before init
+    init = _flat(nn.unbox(jax.jit(task.init_params)(jax.random.PRNGKey(0))))
+    report = task.transfer.report
+    assert sorted(report.loaded) == sorted(pretrained)
+    assert report.initialised and all(p.startswith("decoder/layer_1/") for p in report.initialised)
+    assert not report.mismatched and not report.unused
+    for path in pretrained:
+        np.testing.assert_array_equal(init[path], pretrained[path], err_msg=path)
+
+    state, _ = trainer(config, tmp_path / "finetune", jax.devices()[:2])
+    final = _flat(state.params)
+    frozen = [p for p in pretrained if task.transfer.is_frozen(p)]
+    assert "embedding/embedding" in frozen and len(frozen) == 1 + 16
+    for path in pretrained:
+        if path in frozen:
+            np.testing.assert_array_equal(final[path], pretrained[path], err_msg=path)
+        else:
+            assert not np.allclose(final[path], pretrained[path]), path
+
+
+def test_freeze_with_weight_decay_needs_the_optimizer_hook(runs, data_dir):
+    """Without `wrap_optimizer`, AdamW's decay would shrink frozen weights: refused at init."""
+    config = _finetune_config(data_dir, runs["lm"][0], ["embedding/embedding"])
+    task = tasks.get_task("lm")(config)
+    with pytest.raises(ValueError, match="weight_decay"):
+        jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+
+
+@pytest.mark.parametrize("change, match", [
+    (dict(freeze=["decoder/layer_9/.*"]), "match no parameter"),
+    (dict(freeze=["(unclosed"]), "not a regex"),
+    (dict(tokenizer="sentencepiece", vocab_size=64), "tokenizer"),
+])
+def test_bad_transfer_settings(change, match, runs, data_dir):
+    config = _finetune_config(data_dir, runs["lm"][0], [])
+    config.optim.weight_decay = 0.0
+    config.data.update(change)
+    with pytest.raises(ValueError, match=match):
+        task = tasks.get_task("lm")(config)
+        task.validate()
+        jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+
+
+# ------------------------------------------------------------------ attention maps
+def test_attention_maps_of_a_trained_model(runs, tmp_path, capsys):
+    """The CLI writes one PNG per layer and kind; the captured weights are distributions over
+    the keys, causal in decoder self-attention, and come from a teacher-forced pass whose
+    arg-max reproduces the greedy (cached) translation."""
+    workdir = runs["seq2seq"][0]
+    maps = attention_maps.main(["--workdir", workdir, "--text", "21. November 2026", "--out",
+                                str(tmp_path)])
+    names = sorted(os.listdir(tmp_path))
+    assert names == ["decoder_layer0_cross_attention.png", "decoder_layer0_self_attention.png",
+                     "encoder_layer0_self_attention.png"]
+    printed = capsys.readouterr().out
+    assert printed.startswith("'21. November 2026' -> ")
+    assert all(str(tmp_path / n) in printed for n in names)
+    for name in names:
+        with Image.open(tmp_path / name) as image:
+            assert image.format == "PNG" and min(image.size) > 200
+
+    out, src = maps.output_ids, maps.source_ids
+    assert src == ByteTokenizer().encode("21. November 2026") + [2]
+    np.testing.assert_array_equal(maps.logits.argmax(-1)[0], out)
+    assert maps.weights["decoder/layer_0/cross_attention"].shape == (1, 8, len(out), len(src))
+    assert maps.weights["encoder/layer_0/self_attention"].shape == (1, 8, len(src), len(src))
+    for w in maps.weights.values():
+        np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+    causal = maps.weights["decoder/layer_0/self_attention"][0]
+    assert np.all(np.triu(causal, k=1) == 0) and np.all(causal[:, 0, 0] == 1.0)
+
+
+def test_token_labels_show_characters_and_bytes():
+    tok = ByteTokenizer()
+    ids = [1] + tok.encode("März 年") + [2]
+    assert attention_maps.token_labels(tok, ids) == [
+        "<s>", "M", "ä", "·", "r", "z", "␣", "U+5E74", "·", "·", "</s>"]
+
+
+# ------------------------------------------------------------------ models and configs
+def test_model_registry_builds_presets_with_overrides():
+    """Reference: TransformerConfig's own preset constructors."""
+    model = build_model("transformer", preset="base", vocab_size=1000, dropout_rate=0.3)
+    assert model.config == TransformerConfig.transformer_base(vocab_size=1000, dropout_rate=0.3)
+    lm = build_model("decoder_lm", preset="gpt2_small", num_decoder_layers=2, dtype="bfloat16")
+    assert lm.config == TransformerConfig.gpt2_small(num_decoder_layers=2, dtype=jnp.bfloat16)
+    with pytest.raises(ValueError, match="emb_dimm"):
+        build_model("transformer", vocab_size=10, emb_dimm=8)
+    with pytest.raises(ValueError, match="preset"):
+        build_model("decoder_lm", preset="gpt3")
+
+
+@pytest.mark.parametrize("change, match", [
+    (lambda c: c.data.update(dataset="wmt15"), "dataset"),
+    (lambda c: c.data.update(max_src_lenn=3), "unknown keys"),
+    (lambda c: c.model.update(name="decoder_lm"), "model.name"),
+    (lambda c: c.model.update(vocab_size=300), "vocab_size"),
+    (lambda c: c.model.update(max_len=16), "max_len"),
+    (lambda c: c.data.update(decode_splits=["dev"]), "decode_splits"),
+])
+def test_bad_seq2seq_configs(change, match):
+    config = tiny_seq2seq_config()
+    change(config)
+    with pytest.raises(ValueError, match=match):
+        tasks.get_task("seq2seq")(config).validate()
+
+
+@pytest.mark.parametrize("name", ["transformer_dates", "transformer_wmt14", "lm_stdlib", "lm1b",
+                                  "lm_stdlib_finetune"])
+def test_configs_build_their_models(name):
+    """Every shipped config constructs its task and traces its model (no data is read)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, os.path.join(ROOT, "configs", f"{name}.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    config = module.get_config()
+    assert module.__doc__ and "python train.py" in module.__doc__
+    with config.unlocked():
+        config.data.init_from = None  # the fine-tuning run's checkpoint does not exist here
+    task = tasks.get_task(config.task)(config)
+    task.validate()
+    params = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) > 0
