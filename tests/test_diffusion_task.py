@@ -274,12 +274,11 @@ def test_pad_geometry_round_trips_to_exact_pixels(data_dir):
 def test_artifacts_grid_is_the_ema_sample_grid(run, data_dir):
     """samples/step_4.png: 8 images of 8x8 in a 3x3 grid with 2-px borders (32x32 grey), equal
     to the grid of the EMA parameters' samples from the configured seed."""
-    workdir, _, _ = run
+    workdir, params, _ = run
     png = np.asarray(Image.open(os.path.join(workdir, "samples", "step_4.png")))
     assert png.shape == (32, 32) and png.dtype == np.uint8
     task = DiffusionTask(tiny_diffusion_config(data_dir))
-    _, ema = load_params(workdir, ema=True)
-    samples = task.generate(ema, 8, jax.random.PRNGKey(0), batch_size=8)
+    samples = task.generate(params["ema"], 8, jax.random.PRNGKey(0), batch_size=8)
     np.testing.assert_allclose(png, image_grid(samples)[..., 0], atol=1)
     assert any(name.startswith("events") for name in os.listdir(os.path.join(workdir,
                                                                              "tensorboard")))

@@ -50,10 +50,12 @@ def classification_config(data_dir: str) -> ml_collections.ConfigDict:
     return config
 
 
-from test_seq_tasks import tiny_lm_config, tiny_seq2seq_config  # noqa: E402 (tests/ is on sys.path)
+# tests/ is on sys.path under pytest: each task's tiny config lives with that task's tests.
+from test_diffusion_task import tiny_diffusion_config  # noqa: E402
+from test_seq_tasks import tiny_lm_config, tiny_seq2seq_config  # noqa: E402
 
-TASK_CONFIGS = {"classification": classification_config, "seq2seq": tiny_seq2seq_config,
-                "lm": tiny_lm_config}
+TASK_CONFIGS = {"classification": classification_config, "diffusion": tiny_diffusion_config,
+                "seq2seq": tiny_seq2seq_config, "lm": tiny_lm_config}
 
 
 def _losses(workdir: str) -> list[float]:
