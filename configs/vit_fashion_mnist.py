@@ -11,7 +11,7 @@ from attn_jax.train.config import base_config
 def get_config(arg=None):
     config = base_config()
     config.task = "classification"
-    config.data = dict(name="fashion_mnist_idx", crop_padding=2, flip=True)
+    config.data = dict(name="fashion_mnist_idx", crop_padding=0, flip=True)
     config.model = dict(name="vit", patch_size=4, hidden_size=128, depth=4, num_heads=4,
                         mlp_dim=256, pool_type="gap", posemb="sincos2d", dropout_rate=0.0)
     config.batch_size = 128
