@@ -2,7 +2,14 @@
 
     python train.py --config configs/vit_fashion_mnist.py --workdir runs/vit_fashion_mnist
 
-Hardware, time and result: filled in from the measured run (see BENCHMARKS.md).
+A 0.53M-parameter ViT: 4x4 patches (49 tokens), width 128, 4 pre-norm blocks of 4 heads, MLP
+256, global average pooling, 2-D sin-cos positions; AdamW 2e-3, 800 warmup steps, cosine decay,
+horizontal flips; 16 epochs at batch 128 (7,500 steps).
+
+Hardware: the 2-core CPU this repo is developed on, shared with other jobs during the run.
+Time: 52 min wall (2026-11-21). Result: 90.4% test accuracy (test accuracy every 1000 steps:
+80.5, 83.1, 85.5, 86.8, 88.9, 90.0, 90.5, final 90.4). This is short of the 92% the project
+targets for this config; BENCHMARKS.md records the runs tried so far.
 """
 
 from attn_jax.train.config import base_config
