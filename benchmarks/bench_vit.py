@@ -69,7 +69,7 @@ def bench(name: str, batch: int | None, dtype: str | None, iters: int, peak: flo
     labels = jax.random.randint(jax.random.PRNGKey(1), (batch,), 0, classes)
     params = jax.jit(lambda: nn.unbox(
         model.init({"params": jax.random.PRNGKey(2)}, images[:1], train=False)["params"]))()
-    tx, schedule = make_optimizer(config.optim, 10_000)
+    tx, schedule = make_optimizer(config.optim, 10_000_000)  # any horizon past warmup
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                        ema_params=None, rng=jax.random.PRNGKey(3))
     step = jax.jit(make_train_step(_RandomTask(model, classes), tx, schedule, 1, 0.0),
