@@ -139,22 +139,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     tx = task.wrap_optimizer(tx)
     seed = int(config.seed)
 
-    def init_state(rng: jax.Array, boxed: bool) -> TrainState:
+    def init_state(rng: jax.Array) -> TrainState:
+        """Parameters keep their logical-axis boxes here; `nn.unbox` strips them."""
         params = task.init_params(jax.random.fold_in(rng, 0))
-        raw = nn.unbox(params)
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params if boxed else raw,
-                          opt_state=tx.init(raw),
-                          ema_params=(params if boxed else raw) if ema_decay else None, rng=rng)
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                          opt_state=tx.init(nn.unbox(params)),
+                          ema_params=params if ema_decay else None, rng=rng)
 
     # Traced, not compiled: a model's shape errors surface here, before anything is written.
-    abstract_boxed = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(seed), True))
+    abstract_boxed = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(seed)))
     param_sh = shd.logical_shardings(abstract_boxed.params, mesh)
     state_sh = TrainState(
         step=shd.NamedSharding(mesh, shd.P()), params=param_sh,
         opt_state=shd.optimizer_shardings(tx, abstract_boxed.opt_state, param_sh, mesh),
         ema_params=param_sh if ema_decay else None, rng=shd.NamedSharding(mesh, shd.P()))
-    abstract = abstract_with_shardings(
-        jax.eval_shape(lambda: init_state(jax.random.PRNGKey(seed), False)), state_sh)
+    abstract = abstract_with_shardings(nn.unbox(abstract_boxed), state_sh)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
 
     # -- workdir: writer, checkpoints, data --
@@ -170,7 +169,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         train_iter.set_state(data_state)
         log.info("resumed from step %d", start)
     else:
-        state = jax.jit(lambda: init_state(jax.random.PRNGKey(seed), False),
+        state = jax.jit(lambda: nn.unbox(init_state(jax.random.PRNGKey(seed))),
                         out_shardings=state_sh)()
     if primary:
         with open(os.path.join(workdir, "config.json"), "w") as f:
