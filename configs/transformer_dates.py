@@ -9,8 +9,9 @@ occur in training), UTF-8 bytes in (at most 55 + eos), "YYYY-MM-DD" + eos out. M
 Transformer (the paper's layout), d 128, 3 encoder + 3 decoder layers, 4 heads, d_ff 512.
 Metric: exact match and BLEU of greedy decoding on the 2000 test dates.
 
-Hardware: 2-core CPU. Time: not yet measured. Result (test exact match, target >= 99%): not yet
-measured.
+Hardware: 2-core CPU. Measured (2026-11-21) with `--config.total_steps=3000`: 23 min wall on a
+shared CPU, 99.15% exact match on the 2000 held-out test dates (98.6% on validation). The
+default 8000 steps has not been run yet.
 """
 
 from attn_jax.train.config import base_config
