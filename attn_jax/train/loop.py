@@ -161,7 +161,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     task.workdir = workdir
     writer = MetricWriter(workdir, enabled=primary)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint)
-    train_iter = task.train_iterator(seed=int(config.seed), process_index=jax.process_index(),
+    train_iter = task.train_iterator(seed=seed, process_index=jax.process_index(),
                                      process_count=jax.process_count())
     start = ckpt.latest_step()
     if start is not None:
