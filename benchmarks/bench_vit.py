@@ -12,36 +12,20 @@ device's peak (a table of known peaks, or --peak-tflops). Prints a markdown tabl
 from __future__ import annotations
 
 import argparse
-import importlib.util
-import os
-import statistics
 import time
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 import optax
 
 from attn_jax.models import build_model
 from attn_jax.train.loop import TrainState, make_train_step
 from attn_jax.train.optim import make_optimizer
+from _common import compiled_flops, header, load_config, mfu, param_count, time_steps
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 IMAGE_SHAPES = {"digits_sklearn": (8, 8, 1, 10), "fashion_mnist_idx": (28, 28, 1, 10),
                 "cifar10": (32, 32, 3, 10), "imagenet2012": (224, 224, 3, 1000)}
-# Dense peak TFLOP/s by device kind and dtype (vendor figures, no sparsity).
-PEAKS = {("NVIDIA H100 80GB HBM3", "bfloat16"): 989.0, ("NVIDIA H100 80GB HBM3", "float32"): 67.0,
-         ("NVIDIA H200", "bfloat16"): 989.0, ("NVIDIA H200", "float32"): 67.0,
-         ("TPU v4", "bfloat16"): 275.0, ("TPU v5 lite", "bfloat16"): 197.0}
-
-
-def load_config(name: str):
-    path = os.path.join(ROOT, "configs", f"{name}.py")
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.get_config()
 
 
 class _RandomTask:
@@ -75,28 +59,15 @@ def bench(name: str, batch: int | None, dtype: str | None, iters: int, peak: flo
     step = jax.jit(make_train_step(_RandomTask(model, classes), tx, schedule, 1, 0.0),
                    donate_argnums=0)
     data = {"image": images, "label": labels}
-    compiled = step.lower(state, data).compile()
-    cost = compiled.cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    flops = float(cost.get("flops", float("nan")))
-    for _ in range(2):
-        state, _ = step(state, data)
-    jax.block_until_ready(state)
-    times = []
-    for _ in range(iters):
-        t = time.perf_counter()
-        state, metrics = step(state, data)
-        jax.block_until_ready(metrics)
-        times.append(time.perf_counter() - t)
-    sec = statistics.median(times)
-    n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params))
+    flops = compiled_flops(step.lower(state, data).compile())
+    sec, state = time_steps(step, state, data, iters)
+    n_params = param_count(params)
     device = jax.devices()[0]
-    peak = peak or PEAKS.get((device.device_kind, dtype))
     achieved = flops / sec / 1e12
-    mfu = f"{100 * achieved / peak:.1f}%" if peak else "n/a"
+    mfu_text = mfu(achieved, dtype, peak)
     return (f"| {name} | {device.device_kind} | {n_params / 1e6:.2f}M | {batch} | {h}x{w} | {dtype} "
             f"| {sec * 1e3:.1f} | {batch / sec:,.0f} | {flops / batch / 1e9:.3f} | {achieved:.3f} "
-            f"| {mfu} |")
+            f"| {mfu_text} |")
 
 
 def main():
@@ -108,9 +79,8 @@ def main():
     parser.add_argument("--peak-tflops", type=float, default=None)
     args = parser.parse_args()
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {time.strftime('%Y-%m-%d')}")
-    print("| config | device | params | batch | image | dtype | ms/step | images/s "
-          "| GFLOP/image (fwd+bwd) | TFLOP/s | MFU |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|")
+    print(header(["config", "device", "params", "batch", "image", "dtype", "ms/step", "images/s",
+                  "GFLOP/image (fwd+bwd)", "TFLOP/s", "MFU"]))
     for name in args.configs.split(","):
         print(bench(name, args.batch, args.dtype, args.iters, args.peak_tflops), flush=True)
 

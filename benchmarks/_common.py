@@ -1,0 +1,65 @@
+"""Shared pieces of the benchmark scripts: config loading, device peaks, timing, table rows."""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import os
+import statistics
+import time
+from typing import Any
+
+import jax
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# Dense peak TFLOP/s by device kind and compute dtype (vendor figures, no sparsity).
+PEAKS = {("NVIDIA H100 80GB HBM3", "bfloat16"): 989.0, ("NVIDIA H100 80GB HBM3", "float32"): 67.0,
+         ("NVIDIA H200", "bfloat16"): 989.0, ("NVIDIA H200", "float32"): 67.0,
+         ("TPU v4", "bfloat16"): 275.0, ("TPU v5 lite", "bfloat16"): 197.0}
+
+
+def load_config(name: str):
+    """`configs/<name>.py`'s get_config()."""
+    path = os.path.join(ROOT, "configs", f"{name}.py")
+    if not os.path.exists(path):
+        raise SystemExit(f"no config file {path}")
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.get_config()
+
+
+def compiled_flops(compiled: Any) -> float:
+    """FLOPs of one call of a compiled jitted function, from XLA's cost analysis (nan if absent)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float((cost or {}).get("flops", math.nan))
+
+
+def time_steps(step, state, data, iters: int, warmup: int = 2):
+    """Median seconds of `state, metrics = step(state, data)` (state donated and threaded)."""
+    for _ in range(warmup):
+        state, _ = step(state, data)
+    jax.block_until_ready(state)
+    times = []
+    for _ in range(iters):
+        start = time.perf_counter()
+        state, metrics = step(state, data)
+        jax.block_until_ready(metrics)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times), state
+
+
+def mfu(achieved_tflops: float, dtype: str, peak: float | None) -> str:
+    """Achieved over the device's peak as a percentage; 'n/a' where the peak is unknown."""
+    peak = peak or PEAKS.get((jax.devices()[0].device_kind, dtype))
+    return f"{100 * achieved_tflops / peak:.1f}%" if peak else "n/a"
+
+
+def header(columns: list[str]) -> str:
+    return "| " + " | ".join(columns) + " |\n|" + "---|" * len(columns)
+
+
+def param_count(params: Any) -> int:
+    return sum(int(x.size) for x in jax.tree.leaves(params))
