@@ -13,7 +13,9 @@ at most 256) and `<out>/samples.npz` (`images` uint8 [num, H, W, C], 0..255 = (x
 the model's resolution, plus the settings and scores). Unset sampler settings come from the run's
 config.data.sampling. `--bpd` evaluates the full variational bound over all T steps on
 `--bpd-examples` test images; `--fid` scores the samples on the features of a classification run
-of this repo (see attn_jax/eval/fid.py).
+of this repo (see attn_jax/eval/fid.py) against the config's reference split (`--fid-split`), and
+`--fid-baselines` puts them on a scale: the FID of as many real held-out images (the floor a
+perfect model would score at this sample size) and of uniform noise (the ceiling).
 """
 
 from __future__ import annotations
@@ -47,11 +49,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         "--classifier-workdir or config.data.fid.classifier_workdir)")
     parser.add_argument("--classifier-workdir", default=None)
     parser.add_argument("--fid-split", default=None, help="reference split (default: config)")
+    parser.add_argument("--fid-baselines", action="store_true",
+                        help="also the FID of --num real images of --fid-heldout-split (the "
+                        "floor) and of --num uniform-noise images (the ceiling)")
+    parser.add_argument("--fid-heldout-split", default="test",
+                        help="real images for the floor; not the reference split")
     args = parser.parse_args(argv)
     if args.num < 0 or (args.batch_size is not None and args.batch_size < 1):
         parser.error(f"--num must be >= 0 and --batch-size >= 1, got {args.num}, {args.batch_size}")
     if args.fid and args.num < 2:
         parser.error(f"--fid needs --num >= 2 generated images, got {args.num}")
+    if args.fid_baselines and not args.fid:
+        parser.error("--fid-baselines needs --fid")
     if not (args.num or args.bpd):
         parser.error("nothing to do: --num 0 and no --bpd")
     return args
@@ -131,6 +140,10 @@ def main(argv: list[str] | None = None) -> dict:
             try:
                 result["fid"] = task.fid(params, classifier_workdir=classifier,
                                          split=args.fid_split, samples=samples)
+                if args.fid_baselines:
+                    result.update(task.fid_baselines(
+                        args.num, classifier_workdir=classifier, split=args.fid_split,
+                        heldout_split=args.fid_heldout_split, seed=args.seed))
             except (FileNotFoundError, ValueError) as e:  # e.g. a non-classification run
                 _fail(f"FID: {e}")
     if args.bpd:

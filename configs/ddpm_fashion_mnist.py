@@ -31,7 +31,8 @@ def get_config(arg=None):
                        model_var_type="fixed_large", loss_type="mse"),
         sampling=dict(sampler="ddim", num_steps=50, eta=0.0, num_images=64),
         # Set classifier_workdir (e.g. runs/vit_fashion_mnist) to log FID at every eval.
-        fid=dict(classifier_workdir="", num_samples=1000))
+        # FID against the training images, as Ho et al. do (their CIFAR-10 train set).
+        fid=dict(classifier_workdir="", num_samples=1000, split="train"))
     config.model = dict(name="unet", ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                         attn_resolutions=(14,), dropout=0.0)
     config.batch_size = 64

@@ -300,12 +300,14 @@ def test_sample_py_end_to_end(run, classifier_run, data_dir, tmp_path):
     result = _sample_py("--workdir", workdir, "--num", "12", "--batch-size", "8", "--sampler",
                         "ddim", "--steps", "4", "--seed", "0", "--out", out, "--bpd",
                         "--bpd-examples", "5", "--fid", "--classifier-workdir", classifier_run,
-                        devices=2)
+                        "--fid-split", "train", "--fid-baselines", devices=2)
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["devices"] == 2 and summary["ema"] is True and summary["step"] == 4
     assert summary["bpd_examples"] == 5 and np.isfinite(summary["test_bpd"])
     assert summary["fid"] > 0
+    # Real held-out test images sit far closer to the train statistics than uniform noise.
+    assert 0 < summary["fid_real"] < summary["fid_noise"]
     npz = np.load(os.path.join(out, "samples.npz"))
     images = npz["images"]
     assert images.shape == (12, 8, 8, 1) and images.dtype == np.uint8
@@ -407,6 +409,22 @@ def test_task_fid_of_the_test_set_against_itself_is_zero(classifier_run, data_di
     fid = task.fid(None, classifier_workdir=classifier_run, samples=images)
     assert abs(fid) < 1e-3
     assert task.fid(None, classifier_workdir=classifier_run, samples=images[::-1] * 0.5) > 0.1
+
+
+def test_fid_baselines_floor_and_ceiling(classifier_run, data_dir):
+    """The floor is the FID of real held-out images, computed through the generated-sample path
+    too (the reference check); noise scores far worse; the held-out split must not be the
+    reference."""
+    task = DiffusionTask(tiny_diffusion_config(data_dir))
+    with pytest.raises(ValueError, match="another split"):
+        task.fid_baselines(8, classifier_workdir=classifier_run, heldout_split="test")
+    out = task.fid_baselines(16, classifier_workdir=classifier_run, split="test",
+                             heldout_split="train")
+    train = np.concatenate([b["image"][b["mask"] > 0] for b in task.eval_iterator(
+        "train", process_index=0, process_count=1)])[:16]
+    want = task.fid(None, classifier_workdir=classifier_run, split="test", samples=train)
+    np.testing.assert_allclose(out["fid_real"], want, rtol=1e-4)
+    assert 0 < out["fid_real"] < out["fid_noise"]
 
 
 # ------------------------------------------------------------------ grid

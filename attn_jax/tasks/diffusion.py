@@ -293,13 +293,10 @@ class DiffusionTask(Task):
         return np.round((np.clip(x, -1.0, 1.0) + 1.0) * (pixel_max / 2.0)).astype(np.float32)
 
     # -- evaluation beyond eval_sums --
-    def fid(self, params: Any, mesh: Mesh | None = None, *, classifier_workdir: str | None = None,
-            num_samples: int | None = None, split: str | None = None,
-            samples: np.ndarray | None = None, rng: jax.Array | None = None,
-            **settings: Any) -> float:
-        """FID of generated images against `split` on the features of a classification run of
-        this repo (see attn_jax.eval.fid). Uses `samples` ([-1, 1]) when given, else draws
-        `num_samples` with the configured sampler. The reference statistics are cached."""
+    def _fid_reference_stats(self, classifier_workdir: str | None, split: str | None
+                             ) -> tuple[np.ndarray, np.ndarray, Any]:
+        """(mu, sigma, feature extractor) of the reference split on the classifier's features,
+        cached per (classifier run, split)."""
         workdir = classifier_workdir or self.fid_cfg["classifier_workdir"]
         if not workdir:
             raise ValueError("FID needs a classifier: set config.data.fid.classifier_workdir "
@@ -319,12 +316,44 @@ class DiffusionTask(Task):
             mu, sigma = fid_lib.feature_statistics(features.dataset_features(split))
             self._fid_reference = (key, mu, sigma, features)
         _, mu, sigma, features = self._fid_reference
+        return mu, sigma, features
+
+    def fid(self, params: Any, mesh: Mesh | None = None, *, classifier_workdir: str | None = None,
+            num_samples: int | None = None, split: str | None = None,
+            samples: np.ndarray | None = None, rng: jax.Array | None = None,
+            **settings: Any) -> float:
+        """FID of generated images against `split` on the features of a classification run of
+        this repo (see attn_jax.eval.fid). Uses `samples` ([-1, 1]) when given, else draws
+        `num_samples` with the configured sampler. The reference statistics are cached."""
+        mu, sigma, features = self._fid_reference_stats(classifier_workdir, split)
         if samples is None:
             num = int(num_samples or self.fid_cfg["num_samples"])
             rng = jax.random.PRNGKey(int(self.sampling_cfg["seed"]) + 1) if rng is None else rng
             samples = self.generate(params, num, rng, mesh, **settings)
         generated = features(self.to_pixels(samples))
         return fid_lib.frechet_distance(*fid_lib.feature_statistics(generated), mu, sigma)
+
+    def fid_baselines(self, num: int, *, classifier_workdir: str | None = None,
+                      split: str | None = None, heldout_split: str = "test", seed: int = 0
+                      ) -> dict[str, float]:
+        """The two ends of the FID scale for `num` images, on the same features and reference
+        as `fid`: 'fid_real' for the first `num` real images of `heldout_split` (what a perfect
+        generator scores at this sample size: the floor) and 'fid_noise' for `num` images of
+        uniform noise over the pixel levels (the ceiling)."""
+        split = split or self.fid_cfg["split"]
+        if heldout_split == split:
+            raise ValueError(f"the held-out images must come from another split than the FID "
+                             f"reference ({split!r}); e.g. reference 'train', held out 'test'")
+        if num < 2:
+            raise ValueError(f"FID baselines need num >= 2 images, got {num}")
+        mu, sigma, features = self._fid_reference_stats(classifier_workdir, split)
+        real = features.dataset_features(heldout_split, max_examples=num)
+        if len(real) < num:
+            raise ValueError(f"split {heldout_split!r} has {len(real)} images, fewer than {num}")
+        noise = np.random.default_rng(seed).integers(
+            0, self.info.pixel_max + 1, size=(num, *self.info.image_shape)).astype(np.float32)
+        return {name: fid_lib.frechet_distance(*fid_lib.feature_statistics(f), mu, sigma)
+                for name, f in (("fid_real", real), ("fid_noise", features(noise)))}
 
     def bits_per_dim(self, params: Any, *, split: str = "test", max_examples: int | None = None,
                      batch_size: int = 64, seed: int = 0, mesh: Mesh | None = None
