@@ -34,7 +34,7 @@ from attn_jax import decoding
 from attn_jax.data.tokenizers import ByteTokenizer
 from attn_jax.losses import cross_entropy_with_label_smoothing
 from attn_jax.models import build_model
-from attn_jax.models.transformer_presets import PRESETS
+from attn_jax.models.transformer_presets import PRESETS, transformer_config
 from attn_jax.train.loop import TrainState, make_train_step
 from attn_jax.train.optim import make_optimizer
 from _common import compiled_flops, header, load_config, mfu, param_count, time_steps
@@ -84,7 +84,9 @@ def bench(name: str, args: argparse.Namespace) -> str:
     fields, vocab, seq_len, batch, dtype, optim = _setup(name, args)
     if vocab is not None:
         fields["vocab_size"] = vocab
-    fields["max_len"] = max(int(fields.get("max_len") or 0), seq_len)
+    max_len = transformer_config(**fields).max_len
+    if seq_len > max_len:
+        raise SystemExit(f"{name}: --seq-len {seq_len} exceeds the model's max_len {max_len}")
     model = build_model("decoder_lm", dtype=dtype, **fields)
     cfg = model.config
     ids = jax.random.randint(jax.random.PRNGKey(0), (batch, seq_len + 1), 0, cfg.vocab_size)

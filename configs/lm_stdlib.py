@@ -8,8 +8,12 @@ Model: GPT-2 layout (`preset='gpt2_small'`: pre-norm, learned positions, tanh-GE
 embedding) shrunk to d 192, 3 layers, 4 heads, d_ff 768. Metrics: validation loss, perplexity
 and bits per byte; a sample continues "def " every evaluation.
 
-Hardware: 2-core CPU. Time: not yet measured. Result (validation bits per byte): not yet
-measured.
+Hardware: the 2-core CPU this repo is developed on, shared with two other trainings during the
+run. Time: 48 min wall for 2000 steps (2026-11-21; 8.2M training tokens, under one epoch of the
+10.7 MB). Result: validation bits per byte 2.286 at step 1000 and **1.985** at step 2000
+(perplexity 3.96 per byte, next-byte accuracy 62.7%). For scale, on the same validation bytes:
+gzip -9 1.85, bzip2 -9 1.62, xz -9e 1.60 bits per byte (they see whole files; the model sees
+128-byte windows). BENCHMARKS.md has the curve and a generated sample.
 """
 
 from attn_jax.train.config import base_config
@@ -26,10 +30,10 @@ def get_config(arg=None):
         num_decoder_layers=3, max_len=128, dropout_rate=0.1,
         attention_dropout_rate=0.0)  # 0: keeps the fused attention path
     config.batch_size = 32
-    config.total_steps = 8000
+    config.total_steps = 2000
     config.optim.update(name="adamw", learning_rate=1e-3, b2=0.99, weight_decay=0.1,
                         warmup_steps=300, schedule="cosine", end_fraction=0.1)
     config.log_every_steps = 200
-    config.eval_every_steps = 2000
+    config.eval_every_steps = 1000
     config.checkpoint.every_steps = 1000
     return config
