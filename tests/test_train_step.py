@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import pytest
 import optax
 
 from attn_jax.train.checkpoint import Checkpointer
@@ -29,7 +30,10 @@ def _batch(rng, n=8):
     return {"x": x, "y": rng.normal(size=(n,)).astype(np.float32)}
 
 
-def test_sgd_step_and_ema_match_numpy():
+@pytest.mark.parametrize("ema_warmup", [False, True])
+def test_sgd_step_and_ema_match_numpy(ema_warmup):
+    """Reference: the SGD update and the EMA recursion in float64 NumPy; with warmup the decay
+    of update t is min(decay, (1 + t) / (10 + t)) (TF's ExponentialMovingAverage)."""
     rng = np.random.default_rng(0)
     w0 = rng.normal(size=(3,)).astype(np.float32)
     lr, decay = 0.1, 0.9
@@ -37,15 +41,17 @@ def test_sgd_step_and_ema_match_numpy():
     state = TrainState(step=jnp.zeros((), jnp.int32), params={"w": jnp.asarray(w0)},
                        opt_state=tx.init({"w": jnp.asarray(w0)}), ema_params={"w": jnp.asarray(w0)},
                        rng=jax.random.PRNGKey(0))
-    step = jax.jit(make_train_step(LinearTask(), tx, optax.constant_schedule(lr), 1, decay))
+    step = jax.jit(make_train_step(LinearTask(), tx, optax.constant_schedule(lr), 1, decay,
+                                   ema_warmup))
     w, ema = w0.astype(np.float64), w0.astype(np.float64)
-    for _ in range(3):
+    for t in range(3):
         batch = _batch(rng)
         x, y = batch["x"].astype(np.float64), batch["y"].astype(np.float64)
         grad = 2 / len(y) * x.T @ (x @ w - y)
         expected_loss = np.mean((x @ w - y) ** 2)
         w = w - lr * grad
-        ema = decay * ema + (1 - decay) * w
+        d = min(decay, (1 + t) / (10 + t)) if ema_warmup else decay
+        ema = d * ema + (1 - d) * w
         state, metrics = step(state, batch)
         np.testing.assert_allclose(metrics["loss"], expected_loss, rtol=1e-5)
         np.testing.assert_allclose(metrics["grad_norm"], np.linalg.norm(grad), rtol=1e-5)

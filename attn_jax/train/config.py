@@ -21,6 +21,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.grad_accum_steps = 1
     c.dtype = "float32"                     # compute dtype; parameters stay float32
     c.ema_decay = 0.0                       # 0 = no EMA of parameters
+    c.ema_warmup = True                     # decay min(ema_decay, (1+t)/(10+t)) at update t
     c.label_smoothing = 0.0
 
     c.optim = ml_collections.ConfigDict(dict(

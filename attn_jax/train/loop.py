@@ -74,8 +74,13 @@ def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None
 
 # ------------------------------------------------------------------------------------ steps
 def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    accum: int, ema_decay: float) -> Callable:
-    """(state, batch) -> (state, metrics). Gradient accumulation scans over micro-batches."""
+                    accum: int, ema_decay: float, ema_warmup: bool = False) -> Callable:
+    """(state, batch) -> (state, metrics). Gradient accumulation scans over micro-batches.
+
+    The EMA of the parameters starts from the initial ones. With `ema_warmup`, update t (from 0)
+    uses decay min(ema_decay, (1 + t) / (10 + t)) (TensorFlow's ExponentialMovingAverage with
+    num_updates), so the initialisation fades within the first steps instead of lingering
+    (plain 0.999 still keeps 0.999**3000 = 5% of it after 3000 steps)."""
 
     def grads_of(params, batch, rng, step):
         return jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng, step)
@@ -105,7 +110,11 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
         if ema is not None:
-            ema = optax.incremental_update(params, ema, 1.0 - ema_decay)
+            decay = jnp.asarray(ema_decay, jnp.float32)
+            if ema_warmup:
+                t = state.step.astype(jnp.float32)
+                decay = jnp.minimum(decay, (1.0 + t) / (10.0 + t))
+            ema = optax.incremental_update(params, ema, 1.0 - decay)
         metrics = {**metrics, "loss": loss, "learning_rate": schedule(state.step),
                    "grad_norm": optax.tree.norm(grads)}
         return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
@@ -180,7 +189,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
               flush=True)
 
     # -- jitted steps --
-    train_step = make_train_step(task, tx, schedule, accum, ema_decay)
+    train_step = make_train_step(task, tx, schedule, accum, ema_decay,
+                                 bool(config.get("ema_warmup", True)))
     jit_train = None  # built on the first batch, when the batch's structure is known
     jit_eval = jax.jit(task.eval_sums, in_shardings=(param_sh, None))
 
