@@ -10,6 +10,10 @@ import time
 from typing import Any
 
 import jax
+import jax.numpy as jnp
+
+from attn_jax.train.loop import TrainState, make_train_step
+from attn_jax.train.optim import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -37,8 +41,30 @@ def compiled_flops(compiled: Any) -> float:
     return float((cost or {}).get("flops", math.nan))
 
 
-def time_steps(step, state, data, iters: int, warmup: int = 2):
-    """Median seconds of `state, metrics = step(state, data)` (state donated and threaded)."""
+def timed_call(fn, *args, repeats: int) -> tuple[float, float]:
+    """(compile seconds, best-of-`repeats` seconds per call) of a jitted fn, after a warm-up."""
+    start = time.perf_counter()
+    compiled = fn.lower(*args).compile()
+    compile_s = time.perf_counter() - start
+    jax.block_until_ready(compiled(*args))
+    best = math.inf
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(compiled(*args))
+        best = min(best, time.perf_counter() - start)
+    return compile_s, best
+
+
+def time_train_step(task: Any, params: Any, optim: Any, data: Any, iters: int,
+                    warmup: int = 2) -> tuple[float, float, Any]:
+    """(median seconds, XLA FLOPs, final params) of one step of the trainer's own jitted train
+    step (`make_train_step`: forward, backward, the config's optax update; state donated) with
+    `task.loss` on the fixed batch `data`, starting from `params` (consumed by the donation)."""
+    tx, schedule = make_optimizer(optim, 10_000_000)  # any horizon past warmup
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       ema_params=None, rng=jax.random.PRNGKey(3))
+    step = jax.jit(make_train_step(task, tx, schedule, 1, 0.0), donate_argnums=0)
+    flops = compiled_flops(step.lower(state, data).compile())
     for _ in range(warmup):
         state, _ = step(state, data)
     jax.block_until_ready(state)
@@ -48,7 +74,7 @@ def time_steps(step, state, data, iters: int, warmup: int = 2):
         state, metrics = step(state, data)
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), state
+    return statistics.median(times), flops, state.params
 
 
 def mfu(achieved_tflops: float, dtype: str, peak: float | None) -> str:

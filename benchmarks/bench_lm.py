@@ -28,16 +28,13 @@ import time
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import ml_collections
 
 from attn_jax import decoding
 from attn_jax.data.tokenizers import ByteTokenizer
 from attn_jax.losses import cross_entropy_with_label_smoothing
 from attn_jax.models import build_model
 from attn_jax.models.transformer_presets import PRESETS, transformer_config
-from attn_jax.train.loop import TrainState, make_train_step
-from attn_jax.train.optim import make_optimizer
-from _common import compiled_flops, header, load_config, mfu, param_count, time_steps
+from _common import header, load_config, mfu, param_count, time_train_step, timed_call
 
 
 class _RandomTokensTask:
@@ -93,16 +90,11 @@ def bench(name: str, args: argparse.Namespace) -> str:
     data = {"inputs": ids[:, :-1], "targets": ids[:, 1:]}
     params = jax.jit(lambda: nn.unbox(model.init(
         {"params": jax.random.PRNGKey(1)}, data["inputs"][:1])["params"]))()
-    tx, schedule = make_optimizer(ml_collections.ConfigDict(optim), 10_000_000)
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                       ema_params=None, rng=jax.random.PRNGKey(2))
-    step = jax.jit(make_train_step(_RandomTokensTask(model), tx, schedule, 1, 0.0),
-                   donate_argnums=0)
-    hw_flops = compiled_flops(step.lower(state, data).compile())
-    sec, state = time_steps(step, state, data, args.iters)
+    n_params = param_count(params)
+    flops_per_token = model_flops_per_token(params, cfg, seq_len)
+    sec, hw_flops, params = time_train_step(_RandomTokensTask(model), params, optim, data, args.iters)
     tokens = batch * seq_len
-    model_flops = model_flops_per_token(params, cfg, seq_len) * tokens
-    achieved = model_flops / sec / 1e12
+    achieved = flops_per_token * tokens / sec / 1e12
 
     decode_len = min(args.decode_len, cfg.max_len)
     prompt = jnp.ones((args.decode_batch, 1), jnp.int32)
@@ -112,19 +104,12 @@ def bench(name: str, args: argparse.Namespace) -> str:
         return decoding.generate(model, params, prompt, rng, max_len=decode_len, eos_id=-1,
                                  temperature=0.0)
 
-    rng = jax.random.PRNGKey(3)
-    compiled = generate.lower(state.params, prompt, rng).compile()
-    jax.block_until_ready(compiled(state.params, prompt, rng))
-    times = []
-    for _ in range(args.decode_repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(state.params, prompt, rng))
-        times.append(time.perf_counter() - start)
-    decode_sec = min(times)
+    _, decode_sec = timed_call(generate, params, prompt, jax.random.PRNGKey(3),
+                               repeats=args.decode_repeats)
     device = jax.devices()[0].device_kind
-    return (f"| {name} | {device} | {param_count(params) / 1e6:.2f}M | {batch}x{seq_len} "
+    return (f"| {name} | {device} | {n_params / 1e6:.2f}M | {batch}x{seq_len} "
             f"| {dtype} | {sec * 1e3:.1f} | {tokens / sec:,.0f} "
-            f"| {model_flops / tokens / 1e6:.2f} | {hw_flops / tokens / 1e6:.2f} "
+            f"| {flops_per_token / 1e6:.2f} | {hw_flops / tokens / 1e6:.2f} "
             f"| {achieved:.3f} | {mfu(achieved, dtype, args.peak_tflops)} "
             f"| {args.decode_batch}x{decode_len} | {args.decode_batch * decode_len / decode_sec:,.0f} "
             f"| {decode_sec * 1e3 / decode_len:.2f} |")

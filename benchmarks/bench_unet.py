@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import math
 import time
 
 import flax.linen as nn
@@ -25,6 +24,7 @@ import optax
 
 from attn_jax.diffusion import GaussianDiffusion, ddim_sample, ddpm_sample
 from attn_jax.models.unet import UNet
+from _common import timed_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,20 +50,6 @@ CONFIGS = {
         train_batch=128, sample_batch=256,
     ),
 }
-
-
-def _timed(fn, *args, repeats: int) -> tuple[float, float]:
-    """(compile seconds, best-of-`repeats` seconds per call) of a jitted fn."""
-    start = time.perf_counter()
-    compiled = fn.lower(*args).compile()
-    compile_s = time.perf_counter() - start
-    jax.block_until_ready(compiled(*args))  # warm-up
-    best = math.inf
-    for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(compiled(*args))
-        best = min(best, time.perf_counter() - start)
-    return compile_s, best
 
 
 def bench(cfg: BenchConfig, args: argparse.Namespace) -> dict:
@@ -118,8 +104,8 @@ def bench(cfg: BenchConfig, args: argparse.Namespace) -> dict:
     ddim = jax.jit(
         lambda p, r: ddim_sample(diffusion, model_fn_of(p), r, shape, num_steps=ddim_steps)
     )
-    ddpm_compile, ddpm_s = _timed(ddpm, params, rng, repeats=args.repeats)
-    ddim_compile, ddim_s = _timed(ddim, params, rng, repeats=args.repeats)
+    ddpm_compile, ddpm_s = timed_call(ddpm, params, rng, repeats=args.repeats)
+    ddim_compile, ddim_s = timed_call(ddim, params, rng, repeats=args.repeats)
     return {
         "config": cfg.name,
         "params": num_params,

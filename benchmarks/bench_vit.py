@@ -20,9 +20,7 @@ import jax.numpy as jnp
 import optax
 
 from attn_jax.models import build_model
-from attn_jax.train.loop import TrainState, make_train_step
-from attn_jax.train.optim import make_optimizer
-from _common import compiled_flops, header, load_config, mfu, param_count, time_steps
+from _common import header, load_config, mfu, param_count, time_train_step
 
 IMAGE_SHAPES = {"digits_sklearn": (8, 8, 1, 10), "fashion_mnist_idx": (28, 28, 1, 10),
                 "cifar10": (32, 32, 3, 10), "imagenet2012": (224, 224, 3, 1000)}
@@ -53,15 +51,9 @@ def bench(name: str, batch: int | None, dtype: str | None, iters: int, peak: flo
     labels = jax.random.randint(jax.random.PRNGKey(1), (batch,), 0, classes)
     params = jax.jit(lambda: nn.unbox(
         model.init({"params": jax.random.PRNGKey(2)}, images[:1], train=False)["params"]))()
-    tx, schedule = make_optimizer(config.optim, 10_000_000)  # any horizon past warmup
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                       ema_params=None, rng=jax.random.PRNGKey(3))
-    step = jax.jit(make_train_step(_RandomTask(model, classes), tx, schedule, 1, 0.0),
-                   donate_argnums=0)
-    data = {"image": images, "label": labels}
-    flops = compiled_flops(step.lower(state, data).compile())
-    sec, state = time_steps(step, state, data, iters)
     n_params = param_count(params)
+    sec, flops, _ = time_train_step(_RandomTask(model, classes), params, config.optim,
+                                    {"image": images, "label": labels}, iters)
     device = jax.devices()[0]
     achieved = flops / sec / 1e12
     mfu_text = mfu(achieved, dtype, peak)

@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import pytest
 import optax
+import pytest
 
 from attn_jax.train.checkpoint import Checkpointer
 from attn_jax.train.config import base_config
