@@ -49,8 +49,8 @@ def get_config(arg=None):
     config.batch_size = 32
     config.total_steps = 3000
     # No EMA: the measured run's results are its raw parameters (see the docstring). For longer
-    # runs, keep an EMA as the paper does (0.9999 over 800k steps; a shorter horizon such as 0.999 for short runs), with
-    # the trainer's default ema_warmup.
+    # runs, keep an EMA as the paper does (0.9999 over 800k steps; a shorter horizon such as
+    # 0.999 for short runs), with the trainer's default ema_warmup.
     config.ema_decay = 0.0
     config.optim.name = "adam"
     config.optim.learning_rate = 5e-4
