@@ -77,3 +77,35 @@ class MlpBlock(nn.Module):
             bias_init=nn.with_logical_partitioning(self.bias_init, ("embed",)),
         )(x)
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
+
+
+class DropPath(nn.Module):
+    """Stochastic depth (Huang et al. 2016): drops a residual branch for whole examples.
+
+    In training each example's branch output is zeroed with probability `rate` and otherwise
+    scaled by 1 / (1 - rate), so its expectation is unchanged (the "drop path" of DeiT / timm).
+    It is `nn.Dropout` broadcast over every axis but the batch axis, drawing from the 'dropout'
+    RNG stream.
+    """
+
+    rate: float = 0.0
+
+    @nn.compact
+    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        if not 0.0 <= self.rate <= 1.0:
+            raise ValueError(f"DropPath rate must lie in [0, 1], got {self.rate}")
+        return nn.Dropout(rate=self.rate, broadcast_dims=tuple(range(1, x.ndim)))(
+            x, deterministic=deterministic)
+
+
+def stochastic_depth_rates(rate: float, depth: int) -> list[float]:
+    """Per-block drop rates of the linear decay rule (Huang et al. 2016, eq. 4; DeiT, timm).
+
+    Block i of `depth` drops with rate * i / (depth - 1): the first block is never dropped, the
+    last with `rate`.
+    """
+    if not 0.0 <= rate < 1.0:
+        raise ValueError(f"stochastic_depth_rate must lie in [0, 1), got {rate}")
+    if depth < 2:
+        return [0.0] * depth
+    return [rate * i / (depth - 1) for i in range(depth)]

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from attn_jax import positional
+from attn_jax.layers import DropPath, stochastic_depth_rates
 from attn_jax.models.vit import ViT, vit_variant
 
 # Published parameter counts: google-research/vision_transformer vit_jax/models_test.py
@@ -194,6 +195,53 @@ def test_dropout_only_in_training(tiny):
         tr2 = drop.apply(variables, images, train=True, rngs={"dropout": jax.random.key(3)})
         assert np.abs(np.asarray(tr1 - tr2)).max() > 1e-4
         assert np.abs(np.asarray(tr1 - ev)).max() > 1e-4
+
+
+def test_drop_path_drops_whole_examples():
+    """Reference: stochastic depth (Huang et al. 2016) as timm's drop_path: each example's branch
+    is zeroed with probability rate, else scaled by 1 / (1 - rate); eval is the identity."""
+    x = np.asarray(jax.random.normal(jax.random.key(0), (4000, 3, 5))) + 3.0  # no zero entries
+    rate = 0.25
+    out = np.asarray(DropPath(rate).apply({}, x, deterministic=False,
+                                          rngs={"dropout": jax.random.key(1)}))
+    kept = np.all(np.isclose(out, x / (1 - rate), rtol=1e-6), axis=(1, 2))
+    dropped = np.all(out == 0, axis=(1, 2))
+    assert np.all(kept ^ dropped)  # every example is wholly kept or wholly dropped
+    # kept fraction ~ Binomial(4000, 0.75) / 4000: 5 standard deviations = 0.034
+    assert abs(kept.mean() - (1 - rate)) < 5 * np.sqrt(rate * (1 - rate) / len(x))
+    np.testing.assert_array_equal(DropPath(rate).apply({}, x, deterministic=True), x)
+    np.testing.assert_array_equal(DropPath(0.0).apply({}, x, deterministic=False), x)
+    with pytest.raises(ValueError, match="rate"):
+        DropPath(1.5).apply({}, x, deterministic=False, rngs={"dropout": jax.random.key(1)})
+
+
+def test_stochastic_depth_rates_linear_rule():
+    """Reference: DeiT / timm, torch.linspace(0, drop_path_rate, depth), here np.linspace."""
+    np.testing.assert_allclose(stochastic_depth_rates(0.1, 12), np.linspace(0, 0.1, 12))
+    np.testing.assert_allclose(stochastic_depth_rates(0.3, 4), np.linspace(0, 0.3, 4))
+    assert stochastic_depth_rates(0.5, 1) == [0.0]
+    with pytest.raises(ValueError, match="stochastic_depth_rate"):
+        stochastic_depth_rates(1.0, 4)
+
+
+def test_stochastic_depth_in_vit(tiny):
+    """Same parameters and eval output as without it; in training the last block's branches are
+    dropped per example; a one-block ViT (whose only block gets rate 0) trains unchanged."""
+    model, images, variables, _ = tiny
+    ev = model.apply(variables, images)
+    sd = _tiny(stochastic_depth_rate=0.5)  # 2 blocks: rates 0 and 0.5
+    shapes = lambda m: jax.tree.map(np.shape, jax.eval_shape(m.init, jax.random.key(0), images))
+    assert shapes(sd) == shapes(model)
+    np.testing.assert_array_equal(sd.apply(variables, images), ev)
+    trains = [np.asarray(sd.apply(variables, images, train=True,
+                                  rngs={"dropout": jax.random.key(k)})) for k in range(6)]
+    assert max(np.abs(t - trains[0]).max() for t in trains[1:]) > 1e-4
+    one = _tiny(depth=1, stochastic_depth_rate=0.5, num_classes=None)  # features: no zero head
+    v1 = one.init(jax.random.key(5), images)
+    assert np.abs(np.asarray(one.apply(v1, images))).max() > 1e-2
+    np.testing.assert_allclose(
+        one.apply(v1, images, train=True, rngs={"dropout": jax.random.key(6)}),
+        one.apply(v1, images), rtol=1e-6)
 
 
 def test_logical_axes_on_all_params(tiny):

@@ -16,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.attention import MultiHeadAttention
-from attn_jax.layers import MlpBlock, layer_norm
+from attn_jax.layers import DropPath, MlpBlock, layer_norm, stochastic_depth_rates
 from attn_jax.positional import LearnedPositionEmbedding, sincos_2d_positions
 
 Array = jax.Array
@@ -54,13 +54,15 @@ def vit_variant(name: str) -> dict[str, Any]:
 class EncoderBlock(nn.Module):
     """Pre-norm Transformer block (ViT eq. 2-3): x + MSA(LN(x)), then x + MLP(LN(x)).
 
-    `[batch, length, hidden]` -> `[batch, length, hidden]`.
+    `[batch, length, hidden]` -> `[batch, length, hidden]`. `drop_path_rate` drops each of the two
+    residual branches per example (stochastic depth) in training.
     """
 
     num_heads: int
     mlp_dim: int
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    drop_path_rate: float = 0.0
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
     attention_implementation: str | None = None
@@ -77,7 +79,7 @@ class EncoderBlock(nn.Module):
             implementation=self.attention_implementation,
         )(y, deterministic=deterministic)
         y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
-        x = x + y
+        x = x + DropPath(self.drop_path_rate)(y, deterministic=deterministic)
         y = layer_norm(dtype=self.dtype, param_dtype=self.param_dtype)(x)
         y = MlpBlock(
             mlp_dim=self.mlp_dim,
@@ -85,29 +87,36 @@ class EncoderBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
         )(y, deterministic=deterministic)
-        return x + y
+        return x + DropPath(self.drop_path_rate)(y, deterministic=deterministic)
 
 
 class Encoder(nn.Module):
-    """`depth` EncoderBlocks (`encoderblock_{i}`) and a final LayerNorm (`encoder_norm`)."""
+    """`depth` EncoderBlocks (`encoderblock_{i}`) and a final LayerNorm (`encoder_norm`).
+
+    stochastic_depth_rate: drop-path rate of the last block; block i gets the linear-rule share
+    (`stochastic_depth_rates`), the first block none.
+    """
 
     depth: int
     num_heads: int
     mlp_dim: int
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    stochastic_depth_rate: float = 0.0
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
     attention_implementation: str | None = None
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
+        drop_path_rates = stochastic_depth_rates(self.stochastic_depth_rate, self.depth)
         for i in range(self.depth):
             x = EncoderBlock(
                 num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim,
                 dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate,
+                drop_path_rate=drop_path_rates[i],
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 attention_implementation=self.attention_implementation,
@@ -125,6 +134,8 @@ class ViT(nn.Module):
       hidden_size, depth, num_heads, mlp_dim: encoder width, blocks, heads, MLP width.
       dropout_rate: dropout on the embeddings, after attention and inside the MLP.
       attention_dropout_rate: dropout on the attention weights.
+      stochastic_depth_rate: drop-path rate of the last encoder block, linearly less for earlier
+        ones (DeiT uses 0.1 for ViT-B); 0 turns it off.
       pool_type: 'token' (prepended class token, ViT eq. 1, 4) or 'gap' (mean over patches).
       posemb: 'learn' (a learned table over all tokens, the class token included, as in the
         original ViT) or 'sincos2d' (fixed 2-D sin-cos on the patches; the class token gets none).
@@ -141,6 +152,7 @@ class ViT(nn.Module):
     mlp_dim: int
     dropout_rate: float = 0.0
     attention_dropout_rate: float = 0.0
+    stochastic_depth_rate: float = 0.0
     pool_type: str = "token"
     posemb: str = "learn"
     representation_size: int | None = None
@@ -216,6 +228,7 @@ class ViT(nn.Module):
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
             attention_dropout_rate=self.attention_dropout_rate,
+            stochastic_depth_rate=self.stochastic_depth_rate,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             attention_implementation=self.attention_implementation,
