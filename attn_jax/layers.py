@@ -37,7 +37,8 @@ class MlpBlock(nn.Module):
     """Transformer feed-forward block (Vaswani et al. 2017, eq. 2; ViT eq. 3).
 
     Dense(mlp_dim) -> activation -> dropout -> Dense(out_dim) -> dropout, on `[..., embed]`.
-    Initialisation follows ViT: xavier_uniform kernels, normal(1e-6) biases.
+    Initialisation follows ViT: xavier_uniform kernels, normal(1e-6) biases; `out_kernel_init`
+    overrides the output layer's kernel init (GPT-2 scales it down by 1/sqrt(residual layers)).
 
     Attributes:
       mlp_dim: hidden width.
@@ -55,6 +56,7 @@ class MlpBlock(nn.Module):
     param_dtype: jnp.dtype = jnp.float32
     kernel_init: Initializer = nn.initializers.xavier_uniform()
     bias_init: Initializer = nn.initializers.normal(stddev=1e-6)
+    out_kernel_init: Initializer | None = None
 
     @nn.compact
     def __call__(self, inputs: Array, *, deterministic: bool = True) -> Array:
@@ -73,7 +75,8 @@ class MlpBlock(nn.Module):
             out_dim,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.kernel_init, ("mlp", "embed")),
+            kernel_init=nn.with_logical_partitioning(
+                self.out_kernel_init or self.kernel_init, ("mlp", "embed")),
             bias_init=nn.with_logical_partitioning(self.bias_init, ("embed",)),
         )(x)
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)

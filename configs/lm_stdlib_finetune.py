@@ -32,7 +32,8 @@ def get_config(arg=None):
     # Must equal lm_stdlib's model for every parameter to load.
     config.model = dict(
         name="decoder_lm", preset="gpt2_small", emb_dim=192, num_heads=4, mlp_dim=768,
-        num_decoder_layers=3, max_len=128, dropout_rate=0.1, attention_dropout_rate=0.0)
+        num_decoder_layers=3, max_len=128, dropout_rate=0.1, attention_dropout_rate=0.0,
+        scale_residual_init=False)
     config.batch_size = 32
     config.total_steps = 2000
     # weight_decay 0: decay would shrink the frozen weights unless the trainer routes the

@@ -84,6 +84,7 @@ class TransformerConfig:
     activation: Literal["relu", "gelu", "gelu_tanh"] = "relu"
     layer_norm_epsilon: float = 1e-6
     init_std: float | None = None
+    scale_residual_init: bool = False
     use_bias: bool = True
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
@@ -112,6 +113,8 @@ class TransformerConfig:
                 "share_embeddings needs equal vocabularies, got vocab_size="
                 f"{self.vocab_size}, output_vocab_size={self.output_vocab_size}"
             )
+        if self.scale_residual_init and self.init_std is None:
+            raise ValueError("scale_residual_init scales normal(init_std); set init_std too")
         for name in ("vocab_size", "emb_dim", "num_heads", "mlp_dim", "max_len"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {name}={getattr(self, name)}")
@@ -159,7 +162,8 @@ class TransformerConfig:
             num_decoder_layers=12, mlp_dim=3072, max_len=1024, dropout_rate=0.1,
             attention_dropout_rate=0.1, norm="pre", final_norm=True, positions="learned",
             scale_embeddings=False, activation="gelu_tanh", layer_norm_epsilon=1e-5,
-            init_std=0.02, share_embeddings=True, tie_output=True, pad_id=None, bos_id=50256,
+            init_std=0.02, scale_residual_init=True, share_embeddings=True, tie_output=True,
+            pad_id=None, bos_id=50256,
         )
         return cls(**{**kw, **overrides})
 
@@ -181,6 +185,14 @@ def _kernel_init(config: TransformerConfig) -> nn.initializers.Initializer:
     return nn.initializers.normal(stddev=config.init_std)
 
 
+def _residual_out_init(config: TransformerConfig,
+                       residual_layers: int) -> nn.initializers.Initializer | None:
+    """Initializer of a kernel that writes into the residual stream (None: `_kernel_init`)."""
+    if not config.scale_residual_init:
+        return None
+    return nn.initializers.normal(stddev=config.init_std / math.sqrt(residual_layers))
+
+
 def _embedding(config: TransformerConfig, num_embeddings: int, name: str) -> nn.Embed:
     std = config.init_std if config.init_std is not None else config.emb_dim**-0.5
     return nn.Embed(
@@ -195,7 +207,8 @@ def _embedding(config: TransformerConfig, num_embeddings: int, name: str) -> nn.
     )
 
 
-def _attention(config: TransformerConfig, *, decode: bool, name: str) -> MultiHeadAttention:
+def _attention(config: TransformerConfig, *, decode: bool, name: str,
+               residual_layers: int) -> MultiHeadAttention:
     return MultiHeadAttention(
         num_heads=config.num_heads,
         num_kv_heads=config.num_kv_heads,
@@ -206,6 +219,7 @@ def _attention(config: TransformerConfig, *, decode: bool, name: str) -> MultiHe
         param_dtype=config.param_dtype,
         use_bias=config.use_bias,
         kernel_init=_kernel_init(config),
+        out_kernel_init=_residual_out_init(config, residual_layers),
         bias_init=nn.initializers.zeros,
         decode=decode,
         implementation=config.attention_implementation,
@@ -292,7 +306,7 @@ def _residual(
     return norm(x) if config.norm == "post" else x
 
 
-def _mlp(config: TransformerConfig) -> MlpBlock:
+def _mlp(config: TransformerConfig, residual_layers: int) -> MlpBlock:
     return MlpBlock(
         mlp_dim=config.mlp_dim,
         out_dim=config.emb_dim,
@@ -301,6 +315,7 @@ def _mlp(config: TransformerConfig) -> MlpBlock:
         dtype=config.dtype,
         param_dtype=config.param_dtype,
         kernel_init=_kernel_init(config),
+        out_kernel_init=_residual_out_init(config, residual_layers),
         bias_init=nn.initializers.zeros,
         name="mlp",
     )
@@ -316,12 +331,14 @@ class EncoderBlock(nn.Module):
         """`[batch, length, emb_dim]`, mask `[batch, 1, length | 1, length]` bool."""
         cfg = self.config
         dropout = nn.Dropout(rate=cfg.dropout_rate)
-        attn = _attention(cfg, decode=False, name="self_attention")
+        residual_layers = 2 * cfg.num_encoder_layers
+        attn = _attention(cfg, decode=False, name="self_attention",
+                          residual_layers=residual_layers)
         x = _residual(
             cfg, x, lambda h: attn(h, mask=mask, deterministic=deterministic),
             _norm(cfg, "self_attention_norm"), dropout, deterministic,
         )
-        mlp = _mlp(cfg)
+        mlp = _mlp(cfg, residual_layers)
         return _residual(
             cfg, x, lambda h: mlp(h, deterministic=deterministic), _norm(cfg, "mlp_norm"),
             None, deterministic,
@@ -352,7 +369,9 @@ class DecoderBlock(nn.Module):
         `[batch, 1, 1, src_len]`."""
         cfg = self.config
         dropout = nn.Dropout(rate=cfg.dropout_rate)
-        self_attn = _attention(cfg, decode=cfg.decode, name="self_attention")
+        residual_layers = (3 if self.cross_attention else 2) * cfg.num_decoder_layers
+        self_attn = _attention(cfg, decode=cfg.decode, name="self_attention",
+                               residual_layers=residual_layers)
         x = _residual(
             cfg,
             x,
@@ -365,7 +384,8 @@ class DecoderBlock(nn.Module):
         if self.cross_attention:
             if encoded is None:
                 raise ValueError("DecoderBlock(cross_attention=True) needs the encoder output")
-            cross_attn = _attention(cfg, decode=False, name="cross_attention")
+            cross_attn = _attention(cfg, decode=False, name="cross_attention",
+                                    residual_layers=residual_layers)
             x = _residual(
                 cfg,
                 x,
@@ -374,7 +394,7 @@ class DecoderBlock(nn.Module):
                 dropout,
                 deterministic,
             )
-        mlp = _mlp(cfg)
+        mlp = _mlp(cfg, residual_layers)
         return _residual(
             cfg, x, lambda h: mlp(h, deterministic=deterministic), _norm(cfg, "mlp_norm"),
             None, deterministic,
