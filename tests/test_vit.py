@@ -225,8 +225,8 @@ def test_stochastic_depth_rates_linear_rule():
 
 
 def test_stochastic_depth_in_vit(tiny):
-    """Same parameters and eval output as without it; in training the last block's branches are
-    dropped per example; a one-block ViT (whose only block gets rate 0) trains unchanged."""
+    """Same parameters and eval output as without it; training outputs vary with the dropout key;
+    a one-block ViT (whose only block gets rate 0) trains unchanged."""
     model, images, variables, _ = tiny
     ev = model.apply(variables, images)
     sd = _tiny(stochastic_depth_rate=0.5)  # 2 blocks: rates 0 and 0.5
