@@ -8,9 +8,11 @@ inside a single `lax.while_loop` (no Python loop over steps), so a decoder trace
 compiles once for all steps and stops early when every sequence has emitted EOS. The callback
 closes over whatever it needs (params, encoder outputs); `cache` is a pytree whose array leaves
 lead with the batch axis (scalar leaves such as a step counter are allowed), e.g. the 'cache'
-collection of a model built with `decode=True`. `encoder_decoder_step_fn` and
-`decoder_only_step_fn` build the callback and initial cache for the models in
-`attn_jax.models.transformer`; `translate` and `generate` are jitted one-call wrappers.
+collection of a model built with `decode=True`. The callbacks are built by the models
+themselves (the contracts of `attn_jax.models.protocols`: `decode_step_fn` of an encoder-decoder,
+`prompt_step_fn` of a decoder-only LM); this module never imports a model class.
+`encoder_decoder_step_fn` and `decoder_only_step_fn` encode / prefill and tile the result for
+beams; `translate`, `decode` and `generate` are one-call wrappers.
 
 Typical use inside a jitted eval step:
 
@@ -33,12 +35,11 @@ import dataclasses
 import functools
 from typing import Any, Callable
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax import lax
 
-from attn_jax.models.transformer import DecoderOnlyLM, EncoderDecoder
+from attn_jax.models.protocols import DecoderOnlyModel, EncoderDecoderModel
 
 Array = jax.Array
 PyTree = Any
@@ -421,141 +422,102 @@ def beam_search(
 
 
 # --------------------------------------------------------------------------------------------
-# Step functions for the models of attn_jax.models.transformer.
+# Step callbacks of any model implementing the contracts of attn_jax.models.protocols.
 # --------------------------------------------------------------------------------------------
 
 
-def _decode_clone(model: nn.Module) -> nn.Module:
-    """The same model with `config.decode=True` (same parameters, plus a 'cache' collection)."""
-    return model.clone(config=dataclasses.replace(model.config, decode=True))
-
-
-def _zero_cache(init_call: Callable[[], tuple[Any, PyTree]]) -> PyTree:
-    """The 'cache' collection a full-length decode-mode call creates. Every cache variable
-    (keys, values, indices) starts at zero, so only its shapes are traced, never computed."""
-    shapes = jax.eval_shape(init_call)[1]["cache"]
-    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
-
-
 def encoder_decoder_step_fn(
-    model: EncoderDecoder,
+    model: EncoderDecoderModel,
     params: PyTree,
-    inputs: Array,
+    source: Array,
     *,
     max_len: int,
     num_repeats: int = 1,
 ) -> tuple[TokensToLogits, PyTree]:
-    """Encodes `inputs` once and returns the decoder step callback and its empty cache.
+    """Encodes `source` once and returns the model's decoder step callback and initial cache.
 
     Args:
-      model: an `EncoderDecoder` (its `config.decode` may be either; a decode clone is used).
+      model: any encoder-decoder of the contract (`encode` -> (memory, memory_mask),
+        `decode_step_fn`): the Transformer, a recurrent seq2seq, an image captioner.
       params: its parameters (the 'params' collection).
-      inputs: `[batch, src_len]` source ids.
+      source: the encoder's input, `[batch, ...]` (token ids, images).
       max_len: decoder steps the cache must hold.
-      num_repeats: copies of each example (beam_size for `beam_search`); the encoder output
-        and source are tiled batch-major, so the callback sees `batch * num_repeats` rows.
+      num_repeats: copies of each example (beam_size for `beam_search`); memory and mask are
+        tiled batch-major, so the callback sees `batch * num_repeats` rows.
     Returns:
-      (tokens_to_logits, cache); start decoding from `model.config.bos_id`.
+      (tokens_to_logits, cache); start decoding from `model.bos_id`.
     """
-    if inputs.ndim != 2:
-        raise ValueError(f"inputs must be [batch, src_len], got shape {inputs.shape}")
-    decoder = _decode_clone(model)
-    variables = {"params": params}
-    encoded = model.apply(variables, inputs, method=EncoderDecoder.encode)
-    encoded, inputs = tile_beams((encoded, inputs), num_repeats)
-    targets = jnp.zeros((inputs.shape[0], max_len), jnp.int32)
-    cache = _zero_cache(
-        lambda: decoder.apply(
-            variables, encoded, inputs, targets, method=EncoderDecoder.decode, mutable=["cache"]
-        )
-    )
-
-    def tokens_to_logits(ids: Array, cache: PyTree) -> tuple[Array, PyTree]:
-        logits, new = decoder.apply(
-            {"params": params, "cache": cache}, encoded, inputs, ids,
-            method=EncoderDecoder.decode, mutable=["cache"],
-        )
-        return logits[:, -1], new["cache"]
-
-    return tokens_to_logits, cache
+    memory, memory_mask = model.apply({"params": params}, source, method="encode")
+    memory, memory_mask = tile_beams((memory, memory_mask), num_repeats)
+    return model.decode_step_fn(params, memory, memory_mask, max_len=max_len)
 
 
 def decoder_only_step_fn(
-    model: DecoderOnlyLM,
+    model: DecoderOnlyModel,
     params: PyTree,
     prompt: Array,
     *,
     max_len: int,
     num_repeats: int = 1,
 ) -> tuple[TokensToLogits, PyTree, Array]:
-    """Prefills the cache with a prompt and returns the step callback, cache and start tokens.
+    """Prefills the model's cache with a prompt (`prompt_step_fn`) and returns the step
+    callback, cache (`batch * num_repeats` rows) and start tokens `[batch]`.
 
-    The prompt's first P-1 tokens go through the model in one decode-mode call; its last token
-    is the first input of the decoder, so the generated tokens continue the prompt.
-
-    Args:
-      model: a `DecoderOnlyLM`; params: its parameters.
-      prompt: `[batch, P]` ids, P >= 1, all rows the same length (e.g. just BOS).
-      max_len: tokens to generate; P - 1 + max_len must not exceed `model.config.max_len`.
-      num_repeats: copies of each example in the cache (beam_size for `beam_search`).
-    Returns:
-      (tokens_to_logits, cache with `batch * num_repeats` rows, start_tokens `[batch]`).
-      Greedy or sampled decoding of num_repeats > 1 copies takes
-      `jnp.repeat(start_tokens, num_repeats)`.
+    The prompt's first P-1 tokens go through the model in one call; its last token is the first
+    decoder input, so the generated tokens continue the prompt. Greedy or sampled decoding of
+    num_repeats > 1 copies takes `jnp.repeat(start_tokens, num_repeats)`.
     """
-    if prompt.ndim != 2 or prompt.shape[1] < 1:
-        raise ValueError(f"prompt must be [batch, P >= 1], got shape {prompt.shape}")
-    total = prompt.shape[1] - 1 + max_len
-    if total > model.config.max_len:
-        raise ValueError(
-            f"prompt of shape {prompt.shape} plus max_len={max_len} new tokens needs "
-            f"{total} positions; config.max_len={model.config.max_len}"
-        )
-    decoder = _decode_clone(model)
-    cache = _zero_cache(
-        lambda: decoder.apply(
-            {"params": params}, jnp.zeros((prompt.shape[0], total), jnp.int32),
-            mutable=["cache"],
-        )
-    )
-
-    def tokens_to_logits(ids: Array, cache: PyTree) -> tuple[Array, PyTree]:
-        logits, new = decoder.apply(
-            {"params": params, "cache": cache}, ids, mutable=["cache"]
-        )
-        return logits[:, -1], new["cache"]
-
-    if prompt.shape[1] > 1:
-        _, cache = tokens_to_logits(prompt[:, :-1].astype(jnp.int32), cache)
-    return tokens_to_logits, tile_beams(cache, num_repeats), prompt[:, -1]
+    fn, cache, start = model.prompt_step_fn(params, prompt, max_len=max_len)
+    return fn, tile_beams(cache, num_repeats), start
 
 
 @functools.partial(
     jax.jit, static_argnames=("model", "max_len", "beam_size", "eos_id", "alpha")
 )
 def translate(
-    model: EncoderDecoder,
+    model: EncoderDecoderModel,
     params: PyTree,
-    inputs: Array,
+    source: Array,
     *,
     max_len: int,
     eos_id: int,
     beam_size: int = 4,
     alpha: float = 0.6,
 ) -> tuple[Array, Array]:
-    """Beam-search decoding of an `EncoderDecoder` (the paper, sec. 6.1: beam 4, alpha 0.6).
+    """Beam-search decoding of an encoder-decoder (the paper, sec. 6.1: beam 4, alpha 0.6).
 
     Returns sequences `[batch, beam_size, max_len]` and scores `[batch, beam_size]`, best first.
     """
     fn, cache = encoder_decoder_step_fn(
-        model, params, inputs, max_len=max_len, num_repeats=beam_size
+        model, params, source, max_len=max_len, num_repeats=beam_size
     )
-    start = jnp.full((inputs.shape[0],), model.config.bos_id, jnp.int32)
-    pad_id = model.config.pad_id or 0
+    start = jnp.full((source.shape[0],), model.bos_id, jnp.int32)
     return beam_search(
-        fn, cache, start, beam_size=beam_size, max_len=max_len, eos_id=eos_id, pad_id=pad_id,
-        alpha=alpha,
+        fn, cache, start, beam_size=beam_size, max_len=max_len, eos_id=eos_id,
+        pad_id=model.pad_id, alpha=alpha,
     )
+
+
+def decode(
+    model: EncoderDecoderModel,
+    params: PyTree,
+    source: Array,
+    *,
+    max_len: int,
+    eos_id: int,
+    beam_size: int = 1,
+    alpha: float = 0.6,
+) -> Array:
+    """The output tokens `[batch, max_len]` of an encoder-decoder: greedy when beam_size == 1,
+    else the best beam of `beam_search`. Traceable; jit the caller (the callback is built here,
+    inside it)."""
+    if beam_size > 1:
+        seqs, _ = translate(model, params, source, max_len=max_len, eos_id=eos_id,
+                            beam_size=beam_size, alpha=alpha)
+        return seqs[:, 0]
+    fn, cache = encoder_decoder_step_fn(model, params, source, max_len=max_len)
+    start = jnp.full((source.shape[0],), model.bos_id, jnp.int32)
+    return greedy_search(fn, cache, start, max_len=max_len, eos_id=eos_id, pad_id=model.pad_id)
 
 
 @functools.partial(
@@ -563,7 +525,7 @@ def translate(
     static_argnames=("model", "max_len", "eos_id", "temperature", "top_k", "top_p"),
 )
 def generate(
-    model: DecoderOnlyLM,
+    model: DecoderOnlyModel,
     params: PyTree,
     prompt: Array,
     rng: Array,
@@ -574,11 +536,10 @@ def generate(
     top_k: int | None = None,
     top_p: float | None = None,
 ) -> Array:
-    """Continues `prompt` `[batch, P]` of a `DecoderOnlyLM` by `max_len` sampled tokens
+    """Continues `prompt` `[batch, P]` of a decoder-only model by `max_len` sampled tokens
     (temperature 0 = greedy). Returns the new tokens `[batch, max_len]`."""
     fn, cache, start = decoder_only_step_fn(model, params, prompt, max_len=max_len)
-    pad_id = model.config.pad_id or 0
     return sample(
-        fn, cache, start, rng, max_len=max_len, eos_id=eos_id, pad_id=pad_id,
+        fn, cache, start, rng, max_len=max_len, eos_id=eos_id, pad_id=model.pad_id,
         temperature=temperature, top_k=top_k, top_p=top_p,
     )

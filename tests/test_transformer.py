@@ -239,17 +239,20 @@ def test_source_padding_does_not_change_decoder_outputs(encdec):
     def run(variables):
         encode = functools.partial(model.apply, variables, method=EncoderDecoder.encode)
         decode = functools.partial(model.apply, variables, method=EncoderDecoder.decode)
-        encoded, changed = jnp.split(encode(jnp.concatenate([SRC, changed_src])), 2)
+        memory, mask = encode(jnp.concatenate([SRC, changed_src]))
+        encoded, changed = jnp.split(memory, 2)
+        src_mask, changed_mask = jnp.split(mask, 2)
         garbage = jnp.where((SRC == PAD)[..., None], noise, encoded)
         logits = decode(
             jnp.concatenate([encoded, garbage, changed]),
-            jnp.concatenate([SRC, SRC, changed_src]),
+            jnp.concatenate([src_mask, src_mask, changed_mask]),
             jnp.concatenate([TGT, TGT, TGT]),
         )
-        longer = decode(encode(longer_src), longer_src, TGT)
-        return logits[:2], longer, logits[2:4], logits[4:]
+        longer = decode(*encode(longer_src), TGT)
+        return logits[:2], longer, logits[2:4], logits[4:], src_mask
 
-    base, longer, garbage, changed = run({"params": params})
+    base, longer, garbage, changed, src_mask = run({"params": params})
+    np.testing.assert_array_equal(src_mask, SRC != PAD)  # the contract's memory_mask
     np.testing.assert_allclose(longer, base, atol=1e-5)
     np.testing.assert_allclose(garbage, base, atol=1e-5)
     assert np.abs(changed - base)[0].max() > 1e-3

@@ -22,7 +22,6 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -84,25 +83,6 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------ the features
-def _restrict(trained: Any, wanted: Any, path: str = "") -> Any:
-    """`trained` params cut down to the tree of `wanted` (shape structs), checking shapes."""
-    if isinstance(wanted, dict):
-        if not isinstance(trained, dict):
-            raise ValueError(f"classifier params at {path or '/'}: expected a dict, got "
-                             f"{type(trained).__name__}")
-        missing = sorted(set(wanted) - set(trained))
-        if missing:
-            raise ValueError(f"classifier params lack {[f'{path}/{k}' for k in missing]} needed "
-                             "by the feature model")
-        return {k: _restrict(trained[k], v, f"{path}/{k}") for k, v in wanted.items()}
-    value = np.asarray(trained)
-    if value.shape != tuple(wanted.shape):
-        raise ValueError(f"classifier param {path} has shape {value.shape}, the feature model "
-                         f"expects {tuple(wanted.shape)}")
-    return value
-
-
-@dataclasses.dataclass
 class ClassifierFeatures:
     """Pooled features of a trained classifier: pixels `[n, H, W, C]` -> float32 `[n, d]`.
 
@@ -157,9 +137,9 @@ def classifier_features(workdir: str, *, step: int | None = None, ema: bool = Fa
                         batch_size: int = 256) -> ClassifierFeatures:
     """The feature extractor of a classification run of this repo (`train.py` workdir).
 
-    The run's model is rebuilt with `num_classes=None`, which returns the pooled representation
-    (ViT: the class token or mean patch embedding after the final norm, or the pre-logits when
-    `representation_size` is set); its trained parameters are reused minus the head.
+    The run's model is rebuilt and applied with its `features` method (the image-encoder
+    contract of `attn_jax.models.protocols`: ViT's class token or mean patch embedding after the
+    final norm, or the pre-logits when `representation_size` is set).
 
     Args:
       workdir: the classification run (config.json + checkpoints/).
@@ -176,13 +156,14 @@ def classifier_features(workdir: str, *, step: int | None = None, ema: bool = Fa
     info = data.dataset_info(config.data.name, data_dir=config.data.get("data_dir") or None)
     kwargs = dict(config.model)
     name = kwargs.pop("name")
-    model = build_model(name, **{**kwargs, "num_classes": None})
+    model = build_model(name, **{**kwargs, "num_classes": info.num_classes})
+    if not hasattr(model, "features"):
+        raise ValueError(f"model {name!r} has no `features` method (the image-encoder contract "
+                         "of attn_jax.models.protocols), so it cannot give FID features")
     size = config.data.get("image_size")
     h, w, c = info.image_shape
     input_size = (int(size), int(size)) if size else (h, w)
-    dummy = jnp.zeros((1, *input_size, c), jnp.float32)
-    wanted = nn.unbox(jax.eval_shape(model.init, jax.random.PRNGKey(0), dummy)["params"])
-    params = jax.device_put(_restrict(params, wanted))
+    params = jax.device_put(params)
     mean = jnp.asarray(info.mean, jnp.float32)
     std = jnp.asarray(info.std, jnp.float32)
 
@@ -190,10 +171,11 @@ def classifier_features(workdir: str, *, step: int | None = None, ema: bool = Fa
     def apply(params: Any, pixels: jax.Array) -> jax.Array:
         if pixels.shape[1:3] != input_size:
             pixels = jax.image.resize(pixels, (pixels.shape[0], *input_size, c), "bilinear")
-        features = model.apply({"params": params}, (pixels - mean) / std, train=False)
+        features = model.apply({"params": params}, (pixels - mean) / std, train=False,
+                               method="features")
         if features.ndim != 2:
-            raise ValueError(f"model {name!r} with num_classes=None returned shape "
-                             f"{features.shape}, not pooled features [batch, d]")
+            raise ValueError(f"model {name!r}.features returned shape {features.shape}, not "
+                             "pooled features [batch, d]")
         return features.astype(jnp.float32)
 
     return ClassifierFeatures(config, info, input_size, batch_size, apply, params)

@@ -503,30 +503,42 @@ class EncoderDecoder(nn.Module):
         self.encoder = Encoder(cfg, src_embedding)
         self.decoder = Decoder(cfg, tgt_embedding, cross_attention=True)
 
-    def encode(self, inputs: Array, *, deterministic: bool = True) -> Array:
-        """inputs `[batch, src_len]` int -> encoded `[batch, src_len, emb_dim]`."""
-        return self.encoder(inputs, deterministic=deterministic)
+    @property
+    def bos_id(self) -> int:
+        """The token the decoder starts from (decoding reads it here)."""
+        return self.config.bos_id
+
+    @property
+    def pad_id(self) -> int:
+        return self.config.pad_id or 0
+
+    def encode(self, inputs: Array, *, deterministic: bool = True) -> tuple[Array, Array]:
+        """inputs `[batch, src_len]` int -> (memory `[batch, src_len, emb_dim]`, memory_mask
+        `[batch, src_len]` bool, True at real tokens; all True when `pad_id` is None)."""
+        memory = self.encoder(inputs, deterministic=deterministic)
+        if self.config.pad_id is None:
+            return memory, jnp.ones(inputs.shape, bool)
+        return memory, inputs != self.config.pad_id
 
     def decode(
-        self, encoded: Array, inputs: Array, targets: Array, *, deterministic: bool = True
+        self, memory: Array, memory_mask: Array, targets: Array, *, deterministic: bool = True
     ) -> Array:
-        """Logits `[batch, tgt_len, vocab]` for `targets` `[batch, tgt_len]` given the encoder
-        output `[batch, src_len, emb_dim]` of `inputs` `[batch, src_len]` (for its padding).
+        """Logits `[batch, tgt_len, vocab]` for `targets` `[batch, tgt_len]` given the encoder's
+        memory `[batch, src_len, emb_dim]` and its mask `[batch, src_len]` (True = attend).
 
         Training mode shifts `targets` right. Decode mode (`config.decode`) feeds `targets` as
         they are: the previous token `[batch, 1]` at each step.
         """
         cfg = self.config
-        if encoded.shape[:2] != inputs.shape:
+        if memory_mask.shape != memory.shape[:2]:
             raise ValueError(
-                f"encoded {encoded.shape} does not match inputs {inputs.shape} "
+                f"memory {memory.shape} does not match memory_mask {memory_mask.shape} "
                 "([batch, src_len, emb_dim] vs [batch, src_len])"
             )
-        if targets.ndim != 2 or targets.shape[0] != inputs.shape[0]:
-            raise ValueError(f"targets {targets.shape} must be [batch={inputs.shape[0]}, length]")
-        cross_mask = self_mask = None
-        if cfg.pad_id is not None:
-            cross_mask = key_padding_mask(inputs != cfg.pad_id)
+        if targets.ndim != 2 or targets.shape[0] != memory.shape[0]:
+            raise ValueError(f"targets {targets.shape} must be [batch={memory.shape[0]}, length]")
+        cross_mask = key_padding_mask(memory_mask.astype(bool))
+        self_mask = None
         if cfg.decode:
             decoder_inputs = targets
         else:
@@ -536,14 +548,52 @@ class EncoderDecoder(nn.Module):
                 # computing it from the input ids would wrongly mask BOS when bos_id == pad_id.
                 self_mask = key_padding_mask(shift_right(targets != cfg.pad_id, True))
         return self.decoder(
-            decoder_inputs, encoded, cross_mask, self_mask, deterministic=deterministic
+            decoder_inputs, memory, cross_mask, self_mask, deterministic=deterministic
         )
 
     def __call__(self, inputs: Array, targets: Array, *, deterministic: bool = True) -> Array:
         """inputs `[batch, src_len]`, targets `[batch, tgt_len]` int -> logits
         `[batch, tgt_len, vocab]` float32."""
-        encoded = self.encode(inputs, deterministic=deterministic)
-        return self.decode(encoded, inputs, targets, deterministic=deterministic)
+        memory, memory_mask = self.encode(inputs, deterministic=deterministic)
+        return self.decode(memory, memory_mask, targets, deterministic=deterministic)
+
+    @nn.nowrap
+    def decode_step_fn(
+        self, params: Any, memory: Array, memory_mask: Array, *, max_len: int
+    ) -> tuple[Callable[[Array, Any], tuple[Array, Any]], Any]:
+        """The encoder-decoder contract's step builder (`attn_jax.models.protocols`): the
+        callback `tokens_to_logits(ids [rows, 1], cache) -> (logits [rows, vocab], cache)` over
+        `memory` / `memory_mask` (rows = their batch) and its empty KV cache for `max_len`
+        decoder steps. Call it on the unbound model, inside the jitted function that decodes."""
+        decoder = _decode_clone(self)
+        targets = jnp.zeros((memory.shape[0], max_len), jnp.int32)
+        cache = _zero_cache(
+            lambda: decoder.apply(
+                {"params": params}, memory, memory_mask, targets, method="decode",
+                mutable=["cache"],
+            )
+        )
+
+        def tokens_to_logits(ids: Array, cache: Any) -> tuple[Array, Any]:
+            logits, new = decoder.apply(
+                {"params": params, "cache": cache}, memory, memory_mask, ids,
+                method="decode", mutable=["cache"],
+            )
+            return logits[:, -1], new["cache"]
+
+        return tokens_to_logits, cache
+
+
+def _decode_clone(model: nn.Module) -> nn.Module:
+    """The same model with `config.decode=True` (same parameters, plus a 'cache' collection)."""
+    return model.clone(config=dataclasses.replace(model.config, decode=True))
+
+
+def _zero_cache(init_call: Callable[[], tuple[Any, Any]]) -> Any:
+    """The 'cache' collection a full-length decode-mode call creates. Every cache variable
+    (keys, values, indices) starts at zero, so only its shapes are traced, never computed."""
+    shapes = jax.eval_shape(init_call)[1]["cache"]
+    return jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), shapes)
 
 
 # --------------------------------------------------------------------------------------------
@@ -573,6 +623,42 @@ class DecoderOnlyLM(nn.Module):
         if cfg.pad_id is not None and not cfg.decode:
             mask = key_padding_mask(ids != cfg.pad_id)
         return self.decoder(ids, self_mask=mask, deterministic=deterministic)
+
+    @property
+    def pad_id(self) -> int:
+        return self.config.pad_id or 0
+
+    @nn.nowrap
+    def prompt_step_fn(
+        self, params: Any, prompt: Array, *, max_len: int
+    ) -> tuple[Callable[[Array, Any], tuple[Array, Any]], Any, Array]:
+        """The decoder-only step builder: prefills the KV cache with `prompt` `[batch, P]`
+        (P >= 1, its first P - 1 tokens in one call) and returns `(tokens_to_logits, cache,
+        start_tokens [batch])`, the prompt's last token being the first decoder input; the cache
+        holds P - 1 + max_len positions, which must not exceed `config.max_len`."""
+        if prompt.ndim != 2 or prompt.shape[1] < 1:
+            raise ValueError(f"prompt must be [batch, P >= 1], got shape {prompt.shape}")
+        total = prompt.shape[1] - 1 + max_len
+        if total > self.config.max_len:
+            raise ValueError(
+                f"prompt of shape {prompt.shape} plus max_len={max_len} new tokens needs "
+                f"{total} positions; config.max_len={self.config.max_len}"
+            )
+        decoder = _decode_clone(self)
+        cache = _zero_cache(
+            lambda: decoder.apply(
+                {"params": params}, jnp.zeros((prompt.shape[0], total), jnp.int32),
+                mutable=["cache"],
+            )
+        )
+
+        def tokens_to_logits(ids: Array, cache: Any) -> tuple[Array, Any]:
+            logits, new = decoder.apply({"params": params, "cache": cache}, ids, mutable=["cache"])
+            return logits[:, -1], new["cache"]
+
+        if prompt.shape[1] > 1:
+            _, cache = tokens_to_logits(prompt[:, :-1].astype(jnp.int32), cache)
+        return tokens_to_logits, cache, prompt[:, -1]
 
 
 def count_params(params: Any) -> int:

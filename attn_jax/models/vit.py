@@ -128,6 +128,9 @@ class Encoder(nn.Module):
 class ViT(nn.Module):
     """Vision Transformer classifier: `[batch, height, width, channels]` -> `[batch, classes]`.
 
+    Implements the image-encoder contract (`attn_jax.models.protocols.ImageEncoder`): `encode`
+    gives the encoder's tokens, `features` the pooled vector.
+
     Attributes:
       num_classes: classifier outputs; None returns the pooled (pre-logit) features instead.
       patch_size: patch height and width (an int means square patches).
@@ -171,8 +174,21 @@ class ViT(nn.Module):
         p = self.patch_size
         return (p, p) if isinstance(p, int) else tuple(p)
 
+    def encode(self, images: Array, *, train: bool = False) -> Array:
+        """The image-encoder contract's tokens: `[batch, tokens, hidden]` after the final
+        LayerNorm (the class token first when pool_type='token'), e.g. a captioner's memory."""
+        return self(images, train=train, output="tokens")
+
+    def features(self, images: Array, *, train: bool = False) -> Array:
+        """The pooled representation `[batch, hidden or representation_size]` the head reads."""
+        return self(images, train=train, output="features")
+
     @nn.compact
-    def __call__(self, images: Array, *, train: bool = False) -> Array:
+    def __call__(self, images: Array, *, train: bool = False, output: str = "logits") -> Array:
+        """`[batch, height, width, channels]` -> logits `[batch, classes]` (or, with
+        output='features' / 'tokens', what `features` / `encode` return)."""
+        if output not in ("logits", "features", "tokens"):
+            raise ValueError(f"output must be 'logits', 'features' or 'tokens', got {output!r}")
         if self.pool_type not in ("token", "gap"):
             raise ValueError(f"pool_type must be 'token' or 'gap', got {self.pool_type!r}")
         if self.posemb not in ("learn", "sincos2d"):
@@ -234,6 +250,8 @@ class ViT(nn.Module):
             attention_implementation=self.attention_implementation,
             name="Transformer",
         )(x, deterministic=deterministic)
+        if output == "tokens":
+            return x
         x = x[:, 0] if self.pool_type == "token" else jnp.mean(x, axis=1)  # [batch, hidden]
 
         head_in_axis = "embed"
@@ -250,7 +268,7 @@ class ViT(nn.Module):
             )(x)
             x = jnp.tanh(x)
             head_in_axis = None
-        if self.num_classes is None:
+        if self.num_classes is None or output == "features":
             return x
         kernel_init = (
             nn.initializers.zeros if self.head_zero_init else nn.initializers.lecun_normal()

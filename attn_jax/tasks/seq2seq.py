@@ -15,6 +15,7 @@ paper's sec. 6.1) and report exact match and sacrebleu BLEU, with a few example 
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -169,20 +170,8 @@ class Seq2SeqTask(SequenceTask):
     def _decoder(self) -> Any:
         """(params, inputs [b, max_src_len]) -> tokens [b, max_decode_len], jitted once."""
         if self._decode_fn is None:
-            model, length = self.model, self.max_decode_len
-            if self.beam_size > 1:
-                def fn(params, inputs):
-                    seqs, _ = decoding.translate(model, params, inputs, max_len=length,
-                                                 eos_id=EOS_ID, beam_size=self.beam_size,
-                                                 alpha=self.alpha)
-                    return seqs[:, 0]  # the best beam
-            else:
-                def fn(params, inputs):
-                    step_fn, cache = decoding.encoder_decoder_step_fn(model, params, inputs,
-                                                                      max_len=length)
-                    start = jnp.full((inputs.shape[0],), BOS_ID, jnp.int32)
-                    return decoding.greedy_search(step_fn, cache, start, max_len=length,
-                                                  eos_id=EOS_ID, pad_id=PAD_ID)
+            fn = functools.partial(decoding.decode, self.model, max_len=self.max_decode_len,
+                                   eos_id=EOS_ID, beam_size=self.beam_size, alpha=self.alpha)
             self._decode_fn = jax.jit(fn)
         return self._decode_fn
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import math
 import os
 import warnings
@@ -55,14 +56,6 @@ def capture_attention(model: EncoderDecoder, params: Any, inputs: Array, targets
     with nn.intercept_methods(record):
         logits = model.apply({"params": params}, inputs, targets)
     return logits, weights
-
-
-def greedy_translate(model: EncoderDecoder, params: Any, inputs: Array, max_len: int) -> Array:
-    """Greedy decoding `[batch, max_len]` (eos kept, pad after it)."""
-    step_fn, cache = decoding.encoder_decoder_step_fn(model, params, inputs, max_len=max_len)
-    start = jnp.full((inputs.shape[0],), model.config.bos_id, jnp.int32)
-    return decoding.greedy_search(step_fn, cache, start, max_len=max_len, eos_id=EOS_ID,
-                                  pad_id=PAD_ID)
 
 
 def token_labels(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
@@ -157,8 +150,8 @@ def attention_maps(workdir: str, text: str, out: str | None = None, step: int | 
                          f"{model.config.max_len}")
     inputs = jnp.asarray([src], jnp.int32)
     params = jax.tree.map(jnp.asarray, params)
-    out_ids = np.asarray(jax.jit(greedy_translate, static_argnums=(0, 3))(
-        model, params, inputs, task.max_decode_len))[0].tolist()
+    greedy = functools.partial(decoding.decode, model, max_len=task.max_decode_len, eos_id=EOS_ID)
+    out_ids = np.asarray(jax.jit(greedy)(params, inputs))[0].tolist()
     length = out_ids.index(EOS_ID) + 1 if EOS_ID in out_ids else len(out_ids)
     targets = jnp.asarray([out_ids[:length]], jnp.int32)
     logits, weights = jax.jit(capture_attention, static_argnums=0)(model, params, inputs, targets)

@@ -1,0 +1,89 @@
+"""The contracts between model families and tasks: what a model must offer to be trained by a
+task, decoded by `attn_jax.decoding`, or used as another model's encoder.
+
+They are structural (`typing.Protocol`): a flax module implements one by having the methods, no
+base class needed. Tasks and decoding code are written against these, never against a model
+class, so a new family plugs into the existing tasks, evaluators and search code.
+
+Image encoder (ViT; later Mixer, CNNs), applied with `model.apply(variables, x, method=...)`:
+  `__call__(images [b, h, w, c], train) -> logits [b, classes]`
+  `features(images) -> [b, d]`         pooled representation (FID features, linear probes)
+  `encode(images) -> [b, n, d]`        tokens (a captioning encoder, a detection backbone)
+
+Encoder-decoder (the Transformer; later the recurrent seq2seq and the captioners):
+  `encode(source, deterministic) -> (memory [b, s, d], memory_mask [b, s] bool)`
+  `decode(memory, memory_mask, targets [b, t], deterministic) -> logits [b, t, vocab]`
+      (teacher forcing: the model shifts `targets` right by its `bos_id` itself)
+  `__call__(source, targets, deterministic) = decode(*encode(source), targets)`
+  `decode_step_fn(params, memory, memory_mask, *, max_len) -> (tokens_to_logits, cache)`
+      a plain (`nn.nowrap`) method called on the unbound model: the step callback
+      `tokens_to_logits(ids [rows, 1], cache) -> (logits [rows, vocab], cache)` and its initial
+      cache (a KV cache, or an RNN's carry), every array leaf leading with the rows
+  `bos_id`, `pad_id`: the start token and the id written after EOS.
+The source may be token ids or images: the sequence task never looks inside it.
+
+Decoder-only LM:
+  `__call__(ids [b, t], deterministic) -> logits [b, t, vocab]` (causal; no shift inside)
+  `prompt_step_fn(params, prompt [b, P], *, max_len) -> (tokens_to_logits, cache, start [b])`
+  `pad_id`.
+
+Constructor fields a text model takes from the task (its data fixes them): `vocab_size`, and for
+encoder-decoders `pad_id` and `bos_id`.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Protocol, runtime_checkable
+
+import jax
+
+Array = jax.Array
+TokensToLogits = Callable[[Array, Any], tuple[Array, Any]]
+
+
+@runtime_checkable
+class ImageEncoder(Protocol):
+    def __call__(self, images: Array, *, train: bool = False) -> Array: ...
+
+    def features(self, images: Array, *, train: bool = False) -> Array: ...
+
+    def encode(self, images: Array, *, train: bool = False) -> Array: ...
+
+
+@runtime_checkable
+class EncoderDecoderModel(Protocol):
+    @property
+    def bos_id(self) -> int: ...
+
+    @property
+    def pad_id(self) -> int: ...
+
+    def encode(self, source: Array, *, deterministic: bool = True) -> tuple[Array, Array]: ...
+
+    def decode(self, memory: Array, memory_mask: Array, targets: Array, *,
+               deterministic: bool = True) -> Array: ...
+
+    def decode_step_fn(self, params: Any, memory: Array, memory_mask: Array, *, max_len: int
+                       ) -> tuple[TokensToLogits, Any]: ...
+
+
+@runtime_checkable
+class DecoderOnlyModel(Protocol):
+    @property
+    def pad_id(self) -> int: ...
+
+    def prompt_step_fn(self, params: Any, prompt: Array, *, max_len: int
+                       ) -> tuple[TokensToLogits, Any, Array]: ...
+
+
+def check_implements(model: Any, protocol: type, what: str) -> None:
+    """ValueError naming the missing methods when `model` does not implement `protocol`."""
+    names = [n for n in ("__call__", "features", "encode", "decode", "decode_step_fn",
+                         "prompt_step_fn", "bos_id", "pad_id")
+             if n in getattr(protocol, "__protocol_attrs__", set())
+             or n in protocol.__dict__]
+    missing = [n for n in names if not hasattr(type(model), n)]
+    if missing:
+        raise ValueError(f"{what}: {type(model).__name__} does not implement the "
+                         f"{protocol.__name__} contract (attn_jax.models.protocols); missing "
+                         f"{missing}")
