@@ -46,7 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--bpd-examples", type=int, default=256, help="test images for --bpd")
     parser.add_argument("--bpd-split", default="test")
     parser.add_argument("--fid", action="store_true", help="FID of the samples (needs "
-                        "--classifier-workdir or config.data.fid.classifier_workdir)")
+                        "--classifier-workdir or a fid evaluator in the run's config.evals)")
     parser.add_argument("--classifier-workdir", default=None)
     parser.add_argument("--fid-split", default=None, help="reference split (default: config)")
     parser.add_argument("--fid-baselines", action="store_true",
@@ -104,7 +104,11 @@ def main(argv: list[str] | None = None) -> dict:
     except (FileNotFoundError, ValueError) as e:  # a step that was not saved, no EMA kept
         _fail(str(e))
     task = DiffusionTask(config)
-    classifier = args.classifier_workdir or task.fid_cfg["classifier_workdir"]
+    # Defaults from the run's fid evaluator (config.evals.NAME with type 'fid'), if it had one.
+    fid_eval = next((dict(e) for e in dict(config.get("evals") or {}).values()
+                     if dict(e).get("type") == "fid"), {})
+    classifier = args.classifier_workdir or fid_eval.get("classifier_workdir", "")
+    fid_split = args.fid_split or fid_eval.get("split", "test")
     if args.fid and not os.path.exists(os.path.join(classifier or "", "config.json")):
         _fail(f"--fid needs a classification run's workdir: --classifier-workdir "
               f"{classifier or '(unset)'} has no config.json")
@@ -139,10 +143,10 @@ def main(argv: list[str] | None = None) -> dict:
         if args.fid:
             try:
                 result["fid"] = task.fid(params, classifier_workdir=classifier,
-                                         split=args.fid_split, samples=samples)
+                                         split=fid_split, samples=samples)
                 if args.fid_baselines:
                     result.update(task.fid_baselines(
-                        args.num, classifier_workdir=classifier, split=args.fid_split,
+                        args.num, classifier_workdir=classifier, split=fid_split,
                         heldout_split=args.fid_heldout_split, seed=args.seed))
             except (FileNotFoundError, ValueError) as e:  # e.g. a non-classification run
                 _fail(f"FID: {e}")

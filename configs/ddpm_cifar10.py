@@ -23,8 +23,11 @@ def get_config(arg=None):
         name="cifar10", flip=True,
         diffusion=dict(schedule="linear", num_timesteps=1000, model_mean_type="epsilon",
                        model_var_type="fixed_large", loss_type="mse"),
-        sampling=dict(sampler="ddim", num_steps=100, eta=0.0, num_images=64),
-        fid=dict(classifier_workdir="", num_samples=10_000))
+        sampling=dict(sampler="ddim", num_steps=100, eta=0.0, num_images=64))
+    config.evals = dict(loss=dict(type="loss"), samples=dict(type="samples", num_images=64))
+    # FID on a classifier of this repo, rarely (10k samples):
+    #   config.evals.fid = dict(type="fid", classifier_workdir="runs/vit_cifar10",
+    #                           num_samples=10_000, every_steps=100_000)
     config.model = dict(name="unet", ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
                         attn_resolutions=(16,), dropout=0.1)
     config.batch_size = 128

@@ -40,10 +40,14 @@ def get_config(arg=None):
         flip=False,  # every shoe in Fashion-MNIST faces left: flips would add unseen images
         diffusion=dict(schedule="linear", num_timesteps=1000, model_mean_type="epsilon",
                        model_var_type="fixed_large", loss_type="mse"),
-        sampling=dict(sampler="ddim", num_steps=50, eta=0.0, num_images=64),
-        # Set classifier_workdir (e.g. runs/vit_fashion_mnist) to log FID at every eval.
-        # FID against the training images, as Ho et al. do (their CIFAR-10 train set).
-        fid=dict(classifier_workdir="", num_samples=1000, split="train"))
+        sampling=dict(sampler="ddim", num_steps=50, eta=0.0, num_images=64))
+    config.evals = dict(
+        loss=dict(type="loss"),          # test loss and a one-sample bound, every eval
+        samples=dict(type="samples", num_images=64))
+    # For FID during training (against the training images, as Ho et al. do with CIFAR-10's),
+    # add an evaluator with its own, rarer cadence:
+    #   config.evals.fid = dict(type="fid", classifier_workdir="runs/vit_fashion_mnist",
+    #                           num_samples=1000, split="train", every_steps=3000)
     config.model = dict(name="unet", ch=32, ch_mult=(1, 2, 2), num_res_blocks=1,
                         attn_resolutions=(14,), dropout=0.0)
     config.batch_size = 32

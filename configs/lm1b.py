@@ -18,8 +18,11 @@ def get_config(arg=None):
     config.task = "lm"
     config.data = dict(
         dataset="lm1b", data_dir="", tokenizer="sentencepiece", vocab_size=32000,
-        spm_max_sentences=2_000_000, seq_len=128, sample_prompt="The", sample_len=64,
-        num_samples=4, temperature=1.0, top_k=40)
+        spm_max_sentences=2_000_000, seq_len=128)
+    config.evals = dict(
+        loss=dict(type="loss"),
+        sample=dict(type="sample_text", prompt="The", length=64, num_samples=4,
+                    temperature=1.0, top_k=40))
     config.model = dict(name="decoder_lm", preset="gpt2_small", max_len=128)
     config.dtype = "bfloat16"
     config.batch_size = 256

@@ -23,8 +23,11 @@ def get_config(arg=None):
     config = base_config()
     config.task = "lm"
     config.data = dict(
-        dataset="stdlib", validation_fraction=0.05, seed=0, tokenizer="byte", seq_len=128,
-        sample_prompt="def ", sample_len=120, num_samples=2, temperature=0.8, top_p=0.95)
+        dataset="stdlib", validation_fraction=0.05, seed=0, tokenizer="byte", seq_len=128)
+    config.evals = dict(
+        loss=dict(type="loss"),  # validation loss, perplexity, bits per byte
+        sample=dict(type="sample_text", prompt="def ", length=120, num_samples=2,
+                    temperature=0.8, top_p=0.95))
     config.model = dict(
         name="decoder_lm", preset="gpt2_small", emb_dim=192, num_heads=4, mlp_dim=768,
         num_decoder_layers=3, max_len=128, dropout_rate=0.1,

@@ -22,8 +22,11 @@ def get_config(arg=None):
     config.data = dict(
         dataset="dates", train_size=100_000, validation_size=1000, test_size=2000, seed=0,
         tokenizer="byte", max_src_len=64, max_tgt_len=12,
-        eval_splits=["validation"], decode_splits=["validation", "test"], beam_size=1,
-        num_examples_shown=8)
+        eval_splits=["validation"])
+    config.evals = dict(
+        loss=dict(type="loss"),  # per-token loss and accuracy on data.eval_splits
+        decode=dict(type="decode", splits=("validation", "test"), beam_size=1,
+                    num_examples_shown=8))
     config.model = dict(
         name="transformer", emb_dim=128, num_heads=4, mlp_dim=512, num_encoder_layers=3,
         num_decoder_layers=3, max_len=64, dropout_rate=0.1,

@@ -22,9 +22,12 @@ def get_config(arg=None):
     config.data = dict(
         dataset="wmt14_de_en", data_dir="", source_lang="en", target_lang="de",
         tokenizer="sentencepiece", vocab_size=32000, spm_model_type="unigram",
-        spm_train_pairs=1_000_000, max_src_len=128, max_tgt_len=128, max_decode_len=178,
-        eval_splits=["validation", "test"], decode_splits=["test"], beam_size=4,
-        length_penalty=0.6, num_examples_shown=8)
+        spm_train_pairs=1_000_000, max_src_len=128, max_tgt_len=128,
+        eval_splits=["validation", "test"])
+    config.evals = dict(
+        loss=dict(type="loss"),
+        decode=dict(type="decode", splits=("test",), beam_size=4, length_penalty=0.6,
+                    max_decode_len=178, num_examples_shown=8))
     config.model = dict(name="transformer", preset="base", max_len=256)
     config.dtype = "bfloat16"
     config.batch_size = 512

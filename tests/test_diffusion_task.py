@@ -30,8 +30,9 @@ from PIL import Image
 from attn_jax import data
 from attn_jax.eval.fid import (classifier_features, feature_statistics, fid_from_features,
                                frechet_distance)
+from attn_jax.eval.evaluators import build_evaluators
 from attn_jax.tasks.diffusion import DiffusionTask
-from attn_jax.train.config import base_config
+from tiny_configs import tiny_config
 from attn_jax.train.loop import train_and_evaluate
 from attn_jax.train.restore import load_params
 from attn_jax.viz.grid import image_grid, save_png, to_uint8
@@ -40,46 +41,11 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def tiny_diffusion_config(data_dir: str) -> ml_collections.ConfigDict:
-    """A one-level U-Net on the 8x8 digits, T = 50: widths divide 8 devices, and the trainer's
-    init, train, eval and sampling programs compile in ~15 s on an idle 2-core CPU (a second
-    level doubles that; the U-Net's own structure is tested in test_unet.py).
-
-    SGD, not Adam: the zero-initialised output conv gives every other parameter an exactly zero
-    first gradient, and Adam would blow the float noise of a sharded run up to full-size updates.
-    """
-    config = base_config()
-    config.task = "diffusion"
-    config.data = dict(
-        name="digits_sklearn", data_dir=data_dir, flip=False,
-        # A short linear schedule that still ends near pure noise: abar_T ~ exp(-5).
-        diffusion=dict(schedule="linear", num_timesteps=50, beta_start=1e-3, beta_end=0.2),
-        sampling=dict(sampler="ddim", num_steps=4, eta=0.0, num_images=8))
-    config.model = dict(name="unet", ch=16, ch_mult=(1,), num_res_blocks=1,
-                        attn_resolutions=(), dropout=0.0, num_groups=8)
-    config.batch_size = 32
-    config.total_steps = 4
-    config.ema_decay = 0.5
-    config.optim.name = "sgd"
-    config.optim.learning_rate = 0.1
-    config.optim.schedule = "constant"
-    config.log_every_steps = 1
-    config.eval_every_steps = 4
-    config.checkpoint.every_steps = 4
-    config.checkpoint.async_save = False
-    return config
+    return tiny_config("diffusion", data_dir)
 
 
 def tiny_classifier_config(data_dir: str) -> ml_collections.ConfigDict:
-    config = base_config()
-    config.task = "classification"
-    config.data = dict(name="digits_sklearn", data_dir=data_dir, crop_padding=0, flip=False)
-    config.model = dict(name="vit", patch_size=4, hidden_size=16, depth=1, num_heads=2,
-                        mlp_dim=32, pool_type="gap", posemb="sincos2d", head_zero_init=False)
-    config.batch_size = 32
-    config.total_steps = 2
-    config.eval_every_steps = 2
-    config.checkpoint.async_save = False
-    return config
+    return tiny_config("classifier", data_dir)
 
 
 @pytest.fixture(scope="module")
@@ -217,13 +183,12 @@ def test_eval_metrics_match_a_numpy_reference(run, data_dir):
 def test_bad_config_fails_before_compiling(data_dir):
     config = tiny_diffusion_config(data_dir)
     for section, change, match in [
-        (None, dict(flipp=True), "unknown keys"),
+        (None, dict(flipp=True), "unknown key 'flipp' \\(did you mean 'flip'"),
         ("diffusion", dict(num_timestep=10), "num_timestep"),
         ("sampling", dict(sampler="euler"), "euler"),
         ("diffusion", dict(schedule="cosine", beta_end=0.2), "linear schedule"),
         ("diffusion", dict(model_mean_type="score"), "model_mean_type"),
         ("diffusion", dict(model_var_type="learned_range"), "no training signal"),
-        ("fid", dict(classifier_workdir="/no/such/run"), "has no config.json"),
     ]:
         bad = ml_collections.ConfigDict(config.to_dict())
         if section is not None and section not in bad.data:
@@ -232,6 +197,16 @@ def test_bad_config_fails_before_compiling(data_dir):
         target.update(change)
         with pytest.raises(ValueError, match=match):
             DiffusionTask(bad).validate()
+    # Evaluator sections are checked before compiling too.
+    for evals, match in [
+        (dict(fid=dict(type="fid", classifier_workdir="/no/such/run")), "has no config.json"),
+        (dict(grid=dict(type="samples", num_imagse=4)), "num_imagse' \\(did you mean"),
+        (dict(x=dict(type="decode")), "cannot feed a 'decode' evaluator"),
+    ]:
+        bad = ml_collections.ConfigDict(config.to_dict())
+        bad.evals = evals
+        with pytest.raises(ValueError, match=match):
+            build_evaluators(bad, DiffusionTask(bad))
 
 
 @pytest.mark.parametrize("name, shape, params", [("ddpm_fashion_mnist", (28, 28, 1), None),
@@ -417,7 +392,8 @@ def test_fid_baselines_floor_and_ceiling(classifier_run, data_dir):
     reference."""
     task = DiffusionTask(tiny_diffusion_config(data_dir))
     with pytest.raises(ValueError, match="another split"):
-        task.fid_baselines(8, classifier_workdir=classifier_run, heldout_split="test")
+        task.fid_baselines(8, classifier_workdir=classifier_run, split="test",
+                           heldout_split="test")
     out = task.fid_baselines(16, classifier_workdir=classifier_run, split="test",
                              heldout_split="train")
     train = np.concatenate([b["image"][b["mask"] > 0] for b in task.eval_iterator(

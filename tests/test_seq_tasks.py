@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
+
 import pytest
 from PIL import Image
 
@@ -26,9 +26,10 @@ from attn_jax.data import text
 from attn_jax.data.tokenizers import ByteTokenizer, SentencePieceTokenizer
 from attn_jax.models import build_model
 from attn_jax.models.transformer import TransformerConfig
-from attn_jax.tasks.transfer import flatten
+from attn_jax.eval.evaluators import build_evaluators
+from attn_jax.train.init import Initializer, flatten
 from attn_jax.train import loop
-from attn_jax.train.config import base_config
+from tiny_configs import tiny_config
 from attn_jax.train.restore import load_params
 from attn_jax.viz import attention_maps
 
@@ -36,61 +37,12 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 # ------------------------------------------------------------------ tiny configs
-def _tiny_optim(config: ml_collections.ConfigDict, lr: float) -> None:
-    # SGD+momentum, as tests/test_train.py: Adam would blow float noise on zero-gradient
-    # parameters (attention key biases) up to full-size updates and break mesh equivalence.
-    config.optim.name = "sgd"
-    config.optim.learning_rate = lr
-    config.optim.schedule = "constant"
-    config.total_steps = 4
-    config.log_every_steps = 1
-    config.eval_every_steps = 4
-    config.checkpoint.every_steps = 2
-    config.checkpoint.async_save = False
-
-
 def tiny_seq2seq_config(data_dir: str = "") -> ml_collections.ConfigDict:
-    """Dates (3 locales) -> ISO with a 1+1-layer byte-level Transformer; 8 heads for tensor=8."""
-    del data_dir  # the dates are generated
-    config = base_config()
-    config.task = "seq2seq"
-    config.data = dict(dataset="dates", train_size=256, validation_size=32, test_size=32,
-                       locales=["en_GB", "de", "fr"], tokenizer="byte", max_src_len=32,
-                       max_tgt_len=12, eval_splits=["validation"], decode_splits=["test"],
-                       num_examples_shown=3)
-    config.model = dict(name="transformer", emb_dim=32, num_heads=8, mlp_dim=64,
-                        num_encoder_layers=1, num_decoder_layers=1, max_len=32,
-                        dropout_rate=0.0, attention_dropout_rate=0.0)
-    config.batch_size = 16
-    _tiny_optim(config, 0.1)
-    return config
-
-
-def tiny_corpus(data_dir: str) -> str:
-    """Eight small generated .py files under `data_dir` (written once)."""
-    root = os.path.join(data_dir, "tiny_py_corpus")
-    os.makedirs(root, exist_ok=True)
-    for i in range(8):
-        path = os.path.join(root, f"mod_{i}.py")
-        if not os.path.exists(path):
-            with open(path, "w") as f:
-                f.write("".join(f"def f{j}(x):\n    return x * {j} + {i}\n\n" for j in range(30)))
-    return root
+    return tiny_config("seq2seq", data_dir)
 
 
 def tiny_lm_config(data_dir: str) -> ml_collections.ConfigDict:
-    """A 1-layer byte-level GPT (pre-norm, learned positions) on `tiny_corpus(data_dir)`."""
-    config = base_config()
-    config.task = "lm"
-    config.data = dict(dataset="stdlib", root=tiny_corpus(data_dir), validation_fraction=0.25,
-                       tokenizer="byte", seq_len=32, sample_prompt="def ", sample_len=16,
-                       num_samples=2, temperature=0.8, top_k=20)
-    config.model = dict(name="decoder_lm", preset="gpt2_small", emb_dim=32, num_heads=8,
-                        mlp_dim=64, num_decoder_layers=1, max_len=48, dropout_rate=0.0,
-                        attention_dropout_rate=0.0)
-    config.batch_size = 16
-    _tiny_optim(config, 0.3)
-    return config
+    return tiny_config("lm", data_dir)
 
 
 TINY_CONFIGS = {"seq2seq": tiny_seq2seq_config, "lm": tiny_lm_config}
@@ -188,10 +140,7 @@ def test_beam_search_decoding_runs_through_the_task(runs):
     greedy output under the model (reference: the teacher-forced log-probability)."""
     workdir, _, _ = runs["seq2seq"]
     config, params = load_params(workdir)
-    config.data.beam_size = 3
-    beam = tasks.get_task("seq2seq")(config)
-    config.data.beam_size = 1
-    greedy = tasks.get_task("seq2seq")(config)
+    beam = greedy = tasks.get_task("seq2seq")(config)
     sources = [s for s, _ in beam.pairs("test")[:16]]
 
     def logprob(task, outputs):
@@ -202,7 +151,7 @@ def test_beam_search_decoding_runs_through_the_task(runs):
                           for i in range(len(ids))])
 
     apply = jax.jit(beam.model.apply)
-    b, g = beam.translate(params, sources), greedy.translate(params, sources)
+    b, g = beam.translate(params, sources, beam_size=3), greedy.translate(params, sources)
     finished = [i for i, s in enumerate(b) if len(s) + 1 < beam.max_tgt_len]
     assert np.all(logprob(beam, b)[finished] >= logprob(greedy, g)[finished] - 1e-4)
 
@@ -283,7 +232,8 @@ def test_sentencepiece_is_saved_in_the_workdir_and_reused_on_resume(trainer, dat
     """The first run trains spm.model into the workdir; the resumed run loads the same bytes
     and never trains again (training is patched to fail)."""
     config = tiny_lm_config(data_dir)
-    config.data.update(tokenizer="sentencepiece", vocab_size=48, eval_splits=[], num_samples=0)
+    config.data.update(tokenizer="sentencepiece", vocab_size=48)
+    config.evals = dict(loss=dict(type="loss"))
     config.total_steps = 2
     workdir = tmp_path / "run"
     trainer(config, workdir, jax.devices()[:1])
@@ -308,42 +258,47 @@ def test_sentencepiece_needs_a_workdir():
         task.train_iterator(seed=0, process_index=0, process_count=1)
 
 
-# ------------------------------------------------------------------ transfer learning
-def _finetune_config(data_dir, init_from, freeze):
+# ------------------------------------------------------------------ fine-tuning (config.init)
+FROZEN = (("embedding/embedding", 0.0), ("decoder/layer_0/.*", 0.0))
+
+
+def _finetune_config(data_dir, init_from, lr_mults=()):
     config = tiny_lm_config(data_dir)
     config.model.num_decoder_layers = 2  # layer_1 is new
-    config.data.update(init_from=init_from, freeze=freeze, num_samples=0, eval_splits=[])
+    config.init.path = init_from
+    config.optim.lr_mults = lr_mults
+    config.evals = dict(loss=dict(type="loss"))
     config.optim.update(name="adamw", weight_decay=0.1, learning_rate=1e-2)
     config.total_steps = 3
     return config
 
 
-def test_init_from_loads_matching_parameters_and_freeze_holds_them(runs, data_dir, trainer,
-                                                                   tmp_path):
-    """Loaded parameters equal the checkpoint's arrays; the new layer is freshly initialised;
-    after AdamW steps with weight decay (FSDP over 2 devices) the frozen ones are unchanged,
-    the others moved."""
+def test_init_loads_matching_parameters_and_lr_mult_zero_holds_them(runs, data_dir, trainer,
+                                                                     tmp_path):
+    """config.init: loaded parameters equal the checkpoint's arrays; the new layer is freshly
+    initialised; after AdamW steps with weight decay (FSDP over 2 devices) the multiplier-0
+    group is bit-identical, the others moved."""
     pretrained_dir = runs["lm"][0]
     _, pretrained = load_params(pretrained_dir)
     pretrained = _flat(pretrained)
-    freeze = ["embedding/embedding", "decoder/layer_0/.*"]
-    config = _finetune_config(data_dir, pretrained_dir, freeze)
+    config = _finetune_config(data_dir, pretrained_dir, FROZEN)
     config.mesh = dict(data=1, fsdp=2, tensor=1)
 
     task = tasks.get_task("lm")(config)
-    task.wrap_optimizer(optax.sgd(0.1))  # as the trainer does before init
-    init = _flat(nn.unbox(jax.jit(task.init_params)(jax.random.PRNGKey(0))))
-    report = task.transfer.report
+    initializer = Initializer.from_config(config)
+    init = _flat(nn.unbox(jax.jit(lambda r: initializer.apply(task.init_params(r)))(
+        jax.random.PRNGKey(0))))
+    report = initializer.report
     assert sorted(report.loaded) == sorted(pretrained)
     assert report.initialised and all(p.startswith("decoder/layer_1/") for p in report.initialised)
-    assert not report.mismatched and not report.unused
+    assert not report.mismatched and not report.unused and not report.adapted
     for path in pretrained:
         np.testing.assert_array_equal(init[path], pretrained[path], err_msg=path)
 
     state, _ = trainer(config, tmp_path / "finetune", jax.devices()[:2])
     final = _flat(state.params)
-    frozen = [p for p in pretrained if task.transfer.is_frozen(p)]
-    assert "embedding/embedding" in frozen and len(frozen) == 1 + 16
+    frozen = [p for p in pretrained if p == "embedding/embedding" or p.startswith("decoder/layer_0/")]
+    assert len(frozen) == 1 + 16
     for path in pretrained:
         if path in frozen:
             np.testing.assert_array_equal(final[path], pretrained[path], err_msg=path)
@@ -351,27 +306,17 @@ def test_init_from_loads_matching_parameters_and_freeze_holds_them(runs, data_di
             assert not np.allclose(final[path], pretrained[path]), path
 
 
-def test_freeze_with_weight_decay_needs_the_optimizer_hook(runs, data_dir):
-    """Without `wrap_optimizer`, AdamW's decay would shrink frozen weights: refused at init."""
-    config = _finetune_config(data_dir, runs["lm"][0], ["embedding/embedding"])
-    task = tasks.get_task("lm")(config)
-    with pytest.raises(ValueError, match="weight_decay"):
-        jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
-
-
 @pytest.mark.parametrize("change, match", [
-    (dict(freeze=["decoder/layer_9/.*"]), "match no parameter"),
-    (dict(freeze=["(unclosed"]), "not a regex"),
+    (dict(lr_mults=(("decoder/layer_9/.*", 0.0),)), "match no parameter"),
+    (dict(lr_mults=(("(unclosed", 0.0),)), "not a regex"),
     (dict(tokenizer="sentencepiece", vocab_size=64), "tokenizer"),
 ])
-def test_bad_transfer_settings(change, match, runs, data_dir):
-    config = _finetune_config(data_dir, runs["lm"][0], [])
-    config.optim.weight_decay = 0.0
+def test_bad_init_settings(change, match, runs, data_dir, tmp_path):
+    config = _finetune_config(data_dir, runs["lm"][0], change.pop("lr_mults", ()))
     config.data.update(change)
     with pytest.raises(ValueError, match=match):
-        task = tasks.get_task("lm")(config)
-        task.validate()
-        jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
+        loop.train_and_evaluate(config, str(tmp_path / "bad"), jax.devices()[:1])
+    assert not (tmp_path / "bad" / "checkpoints").exists()
 
 
 # ------------------------------------------------------------------ attention maps
@@ -425,17 +370,23 @@ def test_model_registry_builds_presets_with_overrides():
 
 @pytest.mark.parametrize("change, match", [
     (lambda c: c.data.update(dataset="wmt15"), "dataset"),
-    (lambda c: c.data.update(max_src_lenn=3), "unknown keys"),
-    (lambda c: c.model.update(name="decoder_lm"), "model.name"),
+    (lambda c: c.data.update(max_src_lenn=3), "unknown key 'max_src_lenn'"),
+    (lambda c: c.data.update(beam_size=3), "moved to config.evals.decode.beam_size"),
+    (lambda c: c.model.update(name="decoder_lm"), "EncoderDecoderModel contract"),
     (lambda c: c.model.update(vocab_size=300), "vocab_size"),
     (lambda c: c.model.update(max_len=16), "max_len"),
-    (lambda c: c.data.update(decode_splits=["dev"]), "decode_splits"),
+    (lambda c: c.evals.decode.update(splits=["dev"]), "dev"),
+    (lambda c: c.evals.decode.update(beam_sise=2), "beam_sise' \\(did you mean 'beam_size'"),
+    (lambda c: c.evals.decode.update(max_decode_len=40), "max_decode_len=40"),
 ])
 def test_bad_seq2seq_configs(change, match):
+    """Every section (data, model, each evaluator) fails before compiling, naming the key."""
     config = tiny_seq2seq_config()
     change(config)
     with pytest.raises(ValueError, match=match):
-        tasks.get_task("seq2seq")(config).validate()
+        task = tasks.get_task("seq2seq")(config)
+        task.validate()
+        build_evaluators(config, task)
 
 
 @pytest.mark.parametrize("name", ["transformer_dates", "transformer_wmt14", "lm_stdlib", "lm1b",
@@ -449,9 +400,9 @@ def test_configs_build_their_models(name):
     spec.loader.exec_module(module)
     config = module.get_config()
     assert module.__doc__ and "python train.py" in module.__doc__
-    with config.unlocked():
-        config.data.init_from = None  # the fine-tuning run's checkpoint does not exist here
+    config.init.path = ""  # the fine-tuning run's checkpoint does not exist here
     task = tasks.get_task(config.task)(config)
     task.validate()
+    build_evaluators(config, task)
     params = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) > 0

@@ -13,11 +13,9 @@ import subprocess
 import sys
 
 import jax
-import ml_collections
 import numpy as np
 import pytest
 
-from attn_jax.train.config import base_config
 from attn_jax.train.loop import train_and_evaluate
 from attn_jax.train.restore import checkpoint_steps, load_params
 
@@ -29,33 +27,9 @@ def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
 
 
-def classification_config(data_dir: str) -> ml_collections.ConfigDict:
-    """A ViT small enough to compile in seconds, with every axis divisible by 8 devices."""
-    config = base_config()
-    config.task = "classification"
-    config.data = dict(name="digits_sklearn", data_dir=data_dir, crop_padding=0, flip=False)
-    config.model = dict(name="vit", patch_size=4, hidden_size=32, depth=1, num_heads=8,
-                        mlp_dim=64, pool_type="token", posemb="learn", head_zero_init=False)
-    config.batch_size = 32
-    config.total_steps = 4
-    # SGD+momentum, not Adam: Adam divides by sqrt(v) and blows float noise on zero-gradient
-    # parameters (the key bias) up to full-size updates. Momentum is still sharded state.
-    config.optim.name = "sgd"
-    config.optim.learning_rate = 0.05
-    config.optim.schedule = "constant"
-    config.log_every_steps = 1
-    config.eval_every_steps = 4
-    config.checkpoint.every_steps = 2
-    config.checkpoint.async_save = False
-    return config
+from tiny_configs import TASK_KINDS, tiny_config  # noqa: E402
 
-
-# tests/ is on sys.path under pytest: each task's tiny config lives with that task's tests.
-from test_diffusion_task import tiny_diffusion_config  # noqa: E402
-from test_seq_tasks import tiny_lm_config, tiny_seq2seq_config  # noqa: E402
-
-TASK_CONFIGS = {"classification": classification_config, "diffusion": tiny_diffusion_config,
-                "seq2seq": tiny_seq2seq_config, "lm": tiny_lm_config}
+TASK_CONFIGS = {kind: (lambda d, k=kind: tiny_config(k, d)) for kind in TASK_KINDS}
 
 
 def _losses(workdir: str) -> list[float]:
@@ -101,7 +75,7 @@ def test_same_losses_and_params_on_every_mesh(task, data_dir, tmp_path):
 
 def test_gradient_accumulation_equals_the_full_batch(data_dir, tmp_path):
     """4 micro-batches of 8 give the full-batch-32 update (no dropout, so exactly the same maths)."""
-    config = classification_config(data_dir)
+    config = tiny_config("classification", data_dir)
     config.total_steps = 2
     config.mesh = dict(data=2, fsdp=1, tensor=1)
     full, _ = train_and_evaluate(config, str(tmp_path / "full"), jax.devices()[:2])
@@ -116,7 +90,7 @@ def test_gradient_accumulation_equals_the_full_batch(data_dir, tmp_path):
 # ------------------------------------------------------------------ train.py as a process
 def _train_py(workdir, data_dir, *overrides, env=None, processes=None, check=True):
     args = [sys.executable, os.path.join(ROOT, "train.py"),
-            f"--config={os.path.join(ROOT, 'tests', 'train_config.py')}",
+            f"--config={os.path.join(ROOT, 'tests', 'tiny_configs.py')}",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *overrides]
     full_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
                 "JAX_PLATFORMS": "cpu", **(env or {})}
@@ -192,7 +166,7 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
     env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
     procs = [subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "train.py"),
-         f"--config={os.path.join(ROOT, 'tests', 'train_config.py')}", f"--workdir={multi}",
+         f"--config={os.path.join(ROOT, 'tests', 'tiny_configs.py')}", f"--workdir={multi}",
          f"--config.data.data_dir={data_dir}", "--config.debug.log_batches=True",
          f"--coordinator=127.0.0.1:{port}", "--num_processes=2", f"--process_id={i}"],
         env={**os.environ, "JAX_PLATFORMS": "cpu", **env}, stdout=subprocess.PIPE,
@@ -228,7 +202,7 @@ def test_bad_config_fails_before_compiling_and_leaves_the_workdir_alone(change, 
     workdir.mkdir()
     (workdir / "keep.txt").write_text("precious")
     before = sorted(os.listdir(workdir))
-    config = classification_config(data_dir)
+    config = tiny_config("classification", data_dir)
     config.mesh = dict(data=8, fsdp=1, tensor=1)
     with config.unlocked():
         change(config)
@@ -257,7 +231,7 @@ def test_unknown_config_key_on_the_command_line(tmp_path):
 def test_training_features_and_determinism(data_dir, tmp_path):
     """bfloat16 compute, mixup, label smoothing, dropout and EMA together: a run is a function of
     its seed (two runs agree bit for bit, another seed differs), and logs reach every sink."""
-    config = classification_config(data_dir)
+    config = tiny_config("classification", data_dir)
     config.mesh = dict(data=2, fsdp=1, tensor=1)
     config.dtype = "bfloat16"
     config.ema_decay = 0.5

@@ -83,6 +83,7 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
 
 
 # ------------------------------------------------------------------------------ the features
+@dataclasses.dataclass
 class ClassifierFeatures:
     """Pooled features of a trained classifier: pixels `[n, H, W, C]` -> float32 `[n, d]`.
 

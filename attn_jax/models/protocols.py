@@ -76,13 +76,16 @@ class DecoderOnlyModel(Protocol):
                        ) -> tuple[TokensToLogits, Any, Array]: ...
 
 
+REQUIRED = {
+    ImageEncoder: ("__call__", "features", "encode"),
+    EncoderDecoderModel: ("encode", "decode", "decode_step_fn", "bos_id", "pad_id"),
+    DecoderOnlyModel: ("__call__", "prompt_step_fn", "pad_id"),
+}
+
+
 def check_implements(model: Any, protocol: type, what: str) -> None:
     """ValueError naming the missing methods when `model` does not implement `protocol`."""
-    names = [n for n in ("__call__", "features", "encode", "decode", "decode_step_fn",
-                         "prompt_step_fn", "bos_id", "pad_id")
-             if n in getattr(protocol, "__protocol_attrs__", set())
-             or n in protocol.__dict__]
-    missing = [n for n in names if not hasattr(type(model), n)]
+    missing = [n for n in REQUIRED[protocol] if not hasattr(type(model), n)]
     if missing:
         raise ValueError(f"{what}: {type(model).__name__} does not implement the "
                          f"{protocol.__name__} contract (attn_jax.models.protocols); missing "

@@ -1,7 +1,9 @@
-"""What a task supplies to the shared trainer (attn_jax.train.loop).
+"""What a task supplies to the shared trainer (attn_jax.train.loop) and its evaluators.
 
-A task owns its model, data and losses; the trainer owns the mesh, the jitted steps, the
-checkpoints and the logging. Adding a model family means a model file, a task and a config.
+A task owns its model, data and losses, and the prediction functions its evaluators call
+(`attn_jax.eval.evaluators`); the trainer owns the mesh, the jitted step, the checkpoints, the
+logging and the eval loop. A task declares its `config.data` keys in one frozen dataclass
+(`DataConfig`) read with `attn_jax.train.config.parse_section`.
 """
 
 from __future__ import annotations
@@ -15,25 +17,40 @@ import jax
 import ml_collections
 import numpy as np
 
+from attn_jax.models import build_model
+
 Batch = Mapping[str, Any]
 
 
 class Task(abc.ABC):
-    """Base class. Subclasses are built with the run's config: `Task(config)`."""
+    """Base class. Subclasses are built with the run's config: `Task(config)`.
+
+    EVALUATOR_TYPES: the evaluator types (`config.evals.NAME.type`) this task can feed.
+    """
+
+    EVALUATOR_TYPES: frozenset[str] = frozenset({"loss"})
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config
-        # Set by the trainer once every check has passed: where a task may keep files it makes
-        # (a tokenizer trained on the task's own text, sample grids).
+        # Set by the trainer once the config checks have passed: where a task may keep files it
+        # makes (a tokenizer trained on the task's own text).
         self.workdir: str | None = None
 
     # --- checks and model --------------------------------------------------------------------
     def validate(self) -> None:
         """Raise ValueError for config values this task cannot run (called before any compile)."""
 
-    @abc.abstractmethod
-    def build_model(self) -> nn.Module:
-        """The flax module this task trains."""
+    def build_registered_model(self, **fixed: Any) -> nn.Module:
+        """`config.model` (name + fields) from the registry, with `fixed` fields the data
+        decides (a field given in the config too must agree)."""
+        kwargs = dict(self.config.model)
+        name = kwargs.pop("name", None)
+        if name is None:
+            raise ValueError("config.model.name is required (e.g. 'vit')")
+        for key, value in fixed.items():
+            if key in kwargs and kwargs[key] != value:
+                raise ValueError(f"config.model.{key}={kwargs[key]!r}, but the data needs {value!r}")
+        return build_model(name, **{**kwargs, **fixed})
 
     @abc.abstractmethod
     def init_params(self, rng: jax.Array) -> Any:
@@ -50,6 +67,19 @@ class Task(abc.ABC):
                       ) -> Iterator[dict[str, np.ndarray]]:
         """One pass over `split`; padded batches carry a 'mask' (1 = real example)."""
 
+    def eval_splits(self) -> tuple[str, ...]:
+        """The splits the default evaluators read."""
+        return ("test",)
+
+    def splits(self) -> tuple[str, ...]:
+        """Every split an evaluator may name."""
+        return ("train", "validation", "test")
+
+    def check_splits(self, splits: tuple[str, ...], where: str) -> None:
+        bad = [s for s in splits if s not in self.splits()]
+        if bad:
+            raise ValueError(f"{where}: splits {bad} are not among {self.splits()}")
+
     # --- losses and metrics (all traced inside jit) --------------------------------------------
     @abc.abstractmethod
     def loss(self, params: Any, batch: Batch, rng: jax.Array, step: jax.Array
@@ -60,19 +90,10 @@ class Task(abc.ABC):
     def eval_sums(self, params: Any, batch: Batch) -> dict[str, jax.Array]:
         """Per-batch sums over real examples; must include 'count'. Averages are sums / count."""
 
-    def wrap_optimizer(self, tx: Any) -> Any:
-        """Hook around the config's optimizer, e.g. to freeze parameters when fine-tuning."""
-        return tx
-
-    # --- host-side extras ----------------------------------------------------------------------
     def eval_metrics(self, split: str, means: dict[str, float]) -> dict[str, float]:
         """Metrics derived from the eval averages (e.g. perplexity = exp(loss))."""
         return means
 
-    def eval_splits(self) -> tuple[str, ...]:
-        return ("test",)
-
-    def artifacts(self, params: Any, ema_params: Any | None, step: int, workdir: str,
-                  writer: Any, mesh: jax.sharding.Mesh) -> dict[str, float]:
-        """Optional periodic outputs (sample grids, generated text); returns extra metrics."""
-        return {}
+    def default_evals(self) -> dict[str, dict[str, Any]]:
+        """The evaluators of a config whose `config.evals` is empty."""
+        return {"eval": {"type": "loss"}}

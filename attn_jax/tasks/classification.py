@@ -2,19 +2,30 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import optax
 
 from attn_jax import data
-from attn_jax.models import build_model
 from attn_jax.tasks.base import Task
+from attn_jax.train.config import parse_section
 
-DATA_KEYS = {"name", "data_dir", "train_split", "eval_splits", "crop_padding", "flip", "image_size",
-             "mixup_alpha"}
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """config.data of the classification task."""
+
+    name: str                            # offline: fashion_mnist_idx, digits_sklearn; or tfds
+    data_dir: str = ""                   # tfds data dir ('' = $TFDS_DATA_DIR)
+    train_split: str = "train"
+    eval_splits: tuple[str, ...] = ("test",)
+    image_size: int | None = None        # resize to this square size (None = as stored)
+    crop_padding: int | None = None      # None: the pipeline's default (crops for 32x32 RGB)
+    flip: bool | None = None             # None: the pipeline's default (flips for 32x32 RGB)
+    mixup_alpha: float = 0.0             # mixup (Zhang et al. 2018) Beta(alpha, alpha); 0 = off
 
 
 class ClassificationTask(Task):
@@ -23,51 +34,41 @@ class ClassificationTask(Task):
 
     def __init__(self, config):
         super().__init__(config)
-        unknown = set(config.data) - DATA_KEYS
-        if unknown:
-            raise ValueError(f"config.data has unknown keys {sorted(unknown)}; "
-                             f"classification knows {sorted(DATA_KEYS)}")
-        if "name" not in config.data:
-            raise ValueError("config.data.name is required (e.g. 'fashion_mnist_idx')")
+        self.data_cfg = parse_section(DataConfig, config.data, "config.data")
         # Fails here, before any compile, when the dataset is missing (the error says how to get it).
-        self.info = data.dataset_info(config.data.name,
-                                      data_dir=config.data.get("data_dir") or None)
+        self.info = data.dataset_info(self.data_cfg.name, data_dir=self.data_cfg.data_dir or None)
         self.dtype = jnp.dtype(config.get("dtype", "float32"))
-        self.model = self.build_model()
+        self.model = self.build_registered_model(num_classes=self.info.num_classes,
+                                                 dtype=self.dtype)
 
     def train_size(self) -> int:
-        return self.info.num_examples[self.config.data.get("train_split", "train")]
+        return self.info.num_examples[self.data_cfg.train_split]
 
     def eval_splits(self) -> tuple[str, ...]:
-        return tuple(self.config.data.get("eval_splits", ("test",)))
+        return self.data_cfg.eval_splits
 
-    def build_model(self) -> nn.Module:
-        kwargs = dict(self.config.model)
-        name = kwargs.pop("name", None)
-        if name is None:
-            raise ValueError("config.model.name is required (e.g. 'vit')")
-        return build_model(name, num_classes=self.info.num_classes, dtype=self.dtype, **kwargs)
+    def splits(self) -> tuple[str, ...]:
+        return tuple(self.info.num_examples)
 
     def init_params(self, rng: jax.Array) -> Any:
-        size = self.config.data.get("image_size")
+        size = self.data_cfg.image_size
         h, w, c = self.info.image_shape
         dummy = jnp.zeros((1, size or h, size or w, c), jnp.float32)
         return self.model.init({"params": rng}, dummy, train=False)["params"]
 
     # -- data --
     def _iterator(self, split: str, train: bool, seed: int, process_index: int, process_count: int):
-        cfg = self.config.data
+        cfg = self.data_cfg
         return data.make_iterator(
             cfg.name, split, global_batch_size=int(self.config.batch_size), train=train, seed=seed,
             process_index=process_index, process_count=process_count,
-            data_dir=cfg.get("data_dir") or None, image_size=cfg.get("image_size"),
+            data_dir=cfg.data_dir or None, image_size=cfg.image_size,
             # augmentation defaults (None) are the pipeline's: crop + flip for 32x32 RGB only
-            crop_padding=cfg.get("crop_padding") if train else 0,
-            flip=cfg.get("flip") if train else False)
+            crop_padding=cfg.crop_padding if train else 0,
+            flip=cfg.flip if train else False)
 
     def train_iterator(self, *, seed, process_index, process_count):
-        return self._iterator(self.config.data.get("train_split", "train"), True, seed,
-                              process_index, process_count)
+        return self._iterator(self.data_cfg.train_split, True, seed, process_index, process_count)
 
     def eval_iterator(self, split, *, process_index, process_count):
         return self._iterator(split, False, 0, process_index, process_count)
@@ -76,7 +77,7 @@ class ClassificationTask(Task):
     def loss(self, params, batch, rng, step):
         images, labels = batch["image"], batch["label"]
         targets = jax.nn.one_hot(labels, self.info.num_classes)
-        alpha = float(self.config.data.get("mixup_alpha", 0.0))
+        alpha = self.data_cfg.mixup_alpha
         dropout_rng, mix_rng = jax.random.split(rng)
         if alpha > 0:
             # mixup (Zhang et al. 2018): blend each example with its neighbour in the batch.

@@ -7,15 +7,17 @@ since the trainer's own sections are locked, the diffusion settings as plain sub
         name='fashion_mnist_idx', image_size=32, resize='pad', flip=False,
         diffusion=dict(schedule='linear', num_timesteps=1000, model_mean_type='epsilon',
                        model_var_type='fixed_large', loss_type='mse'),
-        sampling=dict(sampler='ddim', num_steps=50, eta=0.0, num_images=64),
-        fid=dict(classifier_workdir='runs/vit_fashion_mnist', num_samples=1000))
+        sampling=dict(sampler='ddim', num_steps=50, eta=0.0, num_images=64))
+    config.evals = dict(loss=dict(type='loss'), samples=dict(type='samples'),
+                        fid=dict(type='fid', classifier_workdir='runs/vit_fashion_mnist',
+                                 every_steps=5000))
 
 Training: uniform t and Gaussian noise per example, `GaussianDiffusion.training_losses`, mean over
 the batch (Algorithm 1). Eval: the same loss on the test set at fixed per-example (t, noise), plus
 a one-sample estimate of the variational bound in bits/dim, L_T + T * L_t at a random t (unbiased
-for the full bound of eq. 5). The exact bound over all T steps is `bits_per_dim` (used by
-sample.py --bpd). Artefacts: a grid of samples from the EMA parameters, and FID on the features of
-a classifier trained with this repo when `fid.classifier_workdir` is set.
+for the full bound of eq. 5). The task feeds the evaluators `samples` (a grid from the EMA
+parameters), `fid` (on the features of a classifier trained with this repo) and `bits_per_dim`
+(the exact bound over all T steps, also sample.py --bpd).
 """
 
 from __future__ import annotations
@@ -40,19 +42,18 @@ from attn_jax.eval import fid as fid_lib
 from attn_jax.models import build_model
 from attn_jax.tasks.base import Task
 from attn_jax.train import sharding as shd
-from attn_jax.viz.grid import image_grid, save_png
+from attn_jax.train.config import unknown_key_error
 
 log = logging.getLogger(__name__)
 
 DATA_KEYS = {"name", "data_dir", "train_split", "image_size", "resize", "flip", "diffusion",
-             "sampling", "fid"}
+             "sampling"}
 # Sub-sections of config.data with their defaults; None = unset.
 DIFFUSION_DEFAULTS = dict(schedule="linear", num_timesteps=1000, beta_start=None, beta_end=None,
                           model_mean_type="epsilon", model_var_type="fixed_large",
                           loss_type="mse", hybrid_lambda=0.001)
 SAMPLING_DEFAULTS = dict(sampler="ddpm", num_steps=50, eta=0.0, num_images=64, seed=0,
                          clip_denoised=True)
-FID_DEFAULTS = dict(classifier_workdir="", num_samples=1000, split="test", batch_size=256)
 SAMPLERS = ("ddpm", "ddim")
 
 
@@ -61,8 +62,7 @@ def _section(config_data: Any, key: str, defaults: dict[str, Any]) -> dict[str, 
     given = dict(config_data.get(key) or {})
     unknown = set(given) - set(defaults)
     if unknown:
-        raise ValueError(f"config.data.{key} has unknown keys {sorted(unknown)}; it knows "
-                         f"{sorted(defaults)}")
+        raise unknown_key_error(f"config.data.{key}", unknown, defaults)
     return {**defaults, **given}
 
 
@@ -85,13 +85,11 @@ class DiffusionTask(Task):
         cfg = config.data
         unknown = set(cfg) - DATA_KEYS
         if unknown:
-            raise ValueError(f"config.data has unknown keys {sorted(unknown)}; "
-                             f"diffusion knows {sorted(DATA_KEYS)}")
+            raise unknown_key_error("config.data", unknown, DATA_KEYS)
         if not cfg.get("name"):
             raise ValueError("config.data.name is required (e.g. 'fashion_mnist_idx')")
         self.diffusion_cfg = _section(cfg, "diffusion", DIFFUSION_DEFAULTS)
         self.sampling_cfg = _section(cfg, "sampling", SAMPLING_DEFAULTS)
-        self.fid_cfg = _section(cfg, "fid", FID_DEFAULTS)
         self.resize = cfg.get("resize") or "bilinear"
         if self.resize not in ("bilinear", "pad"):
             raise ValueError(f"config.data.resize={self.resize!r}: choose 'bilinear' or 'pad'")
@@ -110,18 +108,16 @@ class DiffusionTask(Task):
         self._samplers: dict[Any, Any] = {}   # (mesh, batch, settings) -> jitted sampler
         self._fid_reference: tuple | None = None  # (key, mu, sigma, ClassifierFeatures)
 
-    # -- checks and model --
-    def validate(self) -> None:
-        """A FID classifier that is not there would fail the first eval, hours in: fail now."""
-        workdir = self.fid_cfg["classifier_workdir"]
-        if workdir and not os.path.exists(os.path.join(workdir, "config.json")):
-            raise ValueError(f"config.data.fid.classifier_workdir={workdir!r} has no config.json: "
-                             "train a classifier first (e.g. configs/vit_fashion_mnist.py) or "
-                             "leave it empty")
-        if workdir and int(self.fid_cfg["num_samples"]) < 2:
-            raise ValueError(f"config.data.fid.num_samples={self.fid_cfg['num_samples']} must be "
-                             ">= 2 (a covariance needs two samples)")
+    EVALUATOR_TYPES = frozenset({"loss", "samples", "fid", "bits_per_dim"})
 
+    def default_evals(self) -> dict[str, dict[str, Any]]:
+        evals = {"loss": {"type": "loss"}}
+        if int(self.sampling_cfg["num_images"]):
+            evals["samples"] = {"type": "samples", "num_images": self.sampling_cfg["num_images"],
+                                "seed": self.sampling_cfg["seed"]}
+        return evals
+
+    # -- checks and model --
     @staticmethod
     def _check_sampling(s: dict[str, Any]) -> None:
         if s["sampler"] not in SAMPLERS:
@@ -293,19 +289,18 @@ class DiffusionTask(Task):
         return np.round((np.clip(x, -1.0, 1.0) + 1.0) * (pixel_max / 2.0)).astype(np.float32)
 
     # -- evaluation beyond eval_sums --
-    def _fid_reference_stats(self, classifier_workdir: str | None, split: str | None
-                             ) -> tuple[np.ndarray, np.ndarray, Any]:
+    def _fid_reference_stats(self, classifier_workdir: str | None, split: str,
+                             batch_size: int = 256) -> tuple[np.ndarray, np.ndarray, Any]:
         """(mu, sigma, feature extractor) of the reference split on the classifier's features,
         cached per (classifier run, split)."""
-        workdir = classifier_workdir or self.fid_cfg["classifier_workdir"]
+        workdir = classifier_workdir
         if not workdir:
-            raise ValueError("FID needs a classifier: set config.data.fid.classifier_workdir "
-                             "(or pass classifier_workdir) to a classification run's workdir")
-        split = split or self.fid_cfg["split"]
+            raise ValueError("FID needs a classifier: pass classifier_workdir (the fid "
+                             "evaluator's config.evals.NAME.classifier_workdir) to a "
+                             "classification run's workdir")
         key = (os.path.abspath(workdir), split)
         if self._fid_reference is None or self._fid_reference[0] != key:
-            features = fid_lib.classifier_features(workdir,
-                                                   batch_size=int(self.fid_cfg["batch_size"]))
+            features = fid_lib.classifier_features(workdir, batch_size=batch_size)
             if features.info.image_shape != self.info.image_shape:
                 raise ValueError(f"the classifier in {workdir} was trained on "
                                  f"{features.info.name} {features.info.image_shape} images; this "
@@ -319,28 +314,28 @@ class DiffusionTask(Task):
         return mu, sigma, features
 
     def fid(self, params: Any, mesh: Mesh | None = None, *, classifier_workdir: str | None = None,
-            num_samples: int | None = None, split: str | None = None,
+            num_samples: int = 1000, split: str = "test", feature_batch_size: int = 256,
             samples: np.ndarray | None = None, rng: jax.Array | None = None,
             **settings: Any) -> float:
         """FID of generated images against `split` on the features of a classification run of
         this repo (see attn_jax.eval.fid). Uses `samples` ([-1, 1]) when given, else draws
         `num_samples` with the configured sampler. The reference statistics are cached."""
-        mu, sigma, features = self._fid_reference_stats(classifier_workdir, split)
+        mu, sigma, features = self._fid_reference_stats(classifier_workdir, split,
+                                                        feature_batch_size)
         if samples is None:
-            num = int(num_samples or self.fid_cfg["num_samples"])
+            num = int(num_samples)
             rng = jax.random.PRNGKey(int(self.sampling_cfg["seed"]) + 1) if rng is None else rng
             samples = self.generate(params, num, rng, mesh, **settings)
         generated = features(self.to_pixels(samples))
         return fid_lib.frechet_distance(*fid_lib.feature_statistics(generated), mu, sigma)
 
     def fid_baselines(self, num: int, *, classifier_workdir: str | None = None,
-                      split: str | None = None, heldout_split: str = "test", seed: int = 0
+                      split: str = "test", heldout_split: str = "train", seed: int = 0
                       ) -> dict[str, float]:
         """The two ends of the FID scale for `num` images, on the same features and reference
         as `fid`: 'fid_real' for the first `num` real images of `heldout_split` (what a perfect
         generator scores at this sample size: the floor) and 'fid_noise' for `num` images of
         uniform noise over the pixel levels (the ceiling)."""
-        split = split or self.fid_cfg["split"]
         if heldout_split == split:
             raise ValueError(f"the held-out images must come from another split than the FID "
                              f"reference ({split!r}); e.g. reference 'train', held out 'test'")
@@ -355,63 +350,21 @@ class DiffusionTask(Task):
         return {name: fid_lib.frechet_distance(*fid_lib.feature_statistics(f), mu, sigma)
                 for name, f in (("fid_real", real), ("fid_noise", features(noise)))}
 
+    def bpd_terms(self, params: Any, x0: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
+        """Per-example full variational bound (eq. 5) over all T steps, in bits/dim: 'bpd'
+        (total), 'prior_bpd' (L_T), 'decoder_bpd' (L_0), each `[batch]`. The discretised
+        decoder assumes 256 levels (eq. 13), so for data with fewer levels (the sklearn digits:
+        17) the number is not a true code length."""
+        out = self.diffusion.bits_per_dim(lambda x, t: self._apply(params, x, t), x0, rng)
+        return {"bpd": out["total_bpd"], "prior_bpd": out["prior_bpd"],
+                "decoder_bpd": out["vb"][:, 0]}
+
     def bits_per_dim(self, params: Any, *, split: str = "test", max_examples: int | None = None,
                      batch_size: int = 64, seed: int = 0, mesh: Mesh | None = None
                      ) -> dict[str, float]:
-        """The full variational bound (eq. 5) over all T steps, in bits/dim, averaged over the
-        first `max_examples` (default all) images of `split`: T model calls per image.
+        """`bpd_terms` averaged over the first `max_examples` (default all) images of `split`
+        (the bits_per_dim evaluator's loop): 'bpd', 'prior_bpd', 'decoder_bpd', 'num_examples'."""
+        from attn_jax.eval.evaluators import bits_per_dim
 
-        Returns 'bpd' (total), 'prior_bpd' (L_T), 'decoder_bpd' (L_0) and 'num_examples'. The
-        discretised decoder assumes 256 levels (eq. 13), so for data with fewer levels (the
-        sklearn digits: 17) the number is not a true code length.
-        """
-        def per_example(params: Any, x0: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
-            out = self.diffusion.bits_per_dim(lambda x, t: self._apply(params, x, t), x0, rng)
-            return {"bpd": out["total_bpd"], "prior_bpd": out["prior_bpd"],
-                    "decoder_bpd": out["vb"][:, 0]}
-
-        if mesh is not None and batch_size % shd.data_parallel_size(mesh) == 0:
-            fn = jax.jit(per_example, in_shardings=(NamedSharding(mesh, P()),
-                                                    shd.batch_sharding(mesh, 4), None),
-                         out_shardings=shd.batch_sharding(mesh, 1))
-            process, processes = jax.process_index(), jax.process_count()
-        else:  # one device reads whole batches
-            mesh, fn, process, processes = None, jax.jit(per_example), 0, 1
-        sums: dict[str, float] = {}
-        count = 0
-        for i, batch in enumerate(self.eval_iterator(split, process_index=process,
-                                                     process_count=processes,
-                                                     batch_size=batch_size)):
-            if max_examples is not None and count >= max_examples:
-                break
-            if mesh is not None:  # host rows -> global arrays; the mask comes back whole
-                batch = shd.global_batch(mesh, {"image": batch["image"], "mask": batch["mask"]})
-            out = fn(params, batch["image"], jax.random.fold_in(jax.random.PRNGKey(seed), i))
-            mask = _to_host(batch["mask"]) if mesh is not None else batch["mask"]
-            if max_examples is not None:  # drop real examples past max_examples
-                mask = mask * (np.cumsum(mask) + count <= max_examples)
-            for k, v in out.items():
-                sums[k] = sums.get(k, 0.0) + float((_to_host(v) * mask).sum())
-            count += int(mask.sum())
-        if count == 0:
-            raise ValueError(f"no examples in split {split!r} of {self.info.name}")
-        return {**{k: v / count for k, v in sums.items()}, "num_examples": count}
-
-    # -- artefacts --
-    def artifacts(self, params, ema_params, step, workdir, writer, mesh):
-        """Sample grid from the EMA parameters (else the raw ones) -> samples/step_<N>.png and
-        TensorBoard; FID when config.data.fid.classifier_workdir is set."""
-        num = int(self.sampling_cfg["num_images"])
-        if num == 0:
-            return {}
-        params = ema_params if ema_params is not None else params
-        # A fixed key: every grid of a run starts from the same noise, so grids show progress.
-        rng = jax.random.PRNGKey(int(self.sampling_cfg["seed"]))
-        samples = self.generate(params, num, rng, mesh, batch_size=num)
-        grid = image_grid(samples)
-        if jax.process_index() == 0:
-            save_png(os.path.join(workdir, "samples", f"step_{step}.png"), grid)
-            writer.image(step, "samples", grid)
-        if not self.fid_cfg["classifier_workdir"]:
-            return {}
-        return {"fid": self.fid(params, mesh)}
+        return bits_per_dim(self, params, split=split, max_examples=max_examples,
+                            batch_size=batch_size, seed=seed, mesh=mesh)

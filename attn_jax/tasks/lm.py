@@ -7,14 +7,15 @@
     the validation stream exactly once.
   * 'lm1b' (online): tfds `lm1b` as ArrayRecord in data_dir, one sentence per row; eval 'test'.
 
-Evaluation reports per-token loss, perplexity = exp(loss) and bits per UTF-8 byte
+The loss evaluator reports per-token loss, perplexity = exp(loss) and bits per UTF-8 byte
 (`text.bits_per_byte`): the summed NLL over the split divided by ln 2 times the bytes its targets
 stand for (`text.lm_target_bytes`), so byte- and SentencePiece-level models compare. The
-artefact is a text sample: top-k / nucleus sampling (Holtzman et al. 2020) continuing a prompt.
+'sample_text' evaluator continues a prompt with top-k / nucleus sampling (Holtzman et al. 2020).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterator
 from typing import Any
@@ -27,34 +28,41 @@ from jax.experimental import multihost_utils
 from attn_jax import decoding
 from attn_jax.data import text
 from attn_jax.data.tokenizers import EOS_ID, PAD_ID
+from attn_jax.models.protocols import DecoderOnlyModel, check_implements
 from attn_jax.losses import cross_entropy_with_label_smoothing, smoothed_cross_entropy
-from attn_jax.tasks.sequence import SequenceTask
+from attn_jax.tasks.sequence import SequenceTask, TokenizerConfig
 
 DATASETS = ("stdlib", "lm1b")
 EVAL_SCALE = "bits_scale"  # eval-batch key: the split's tokens / (ln 2 * bytes), per row
 
 
+@dataclasses.dataclass(frozen=True)
+class DataConfig(TokenizerConfig):
+    """config.data of the LM task (with the tokenizer keys)."""
+
+    dataset: str = "stdlib"
+    seq_len: int = 256
+    eval_splits: tuple[str, ...] = ()    # () = the dataset's held-out split
+    root: str = ""                       # stdlib: another directory of .py files ('' = stdlib)
+    validation_fraction: float = 0.05
+    seed: int = 0
+    data_dir: str = ""                   # lm1b: the tfds data dir
+
+
 class LanguageModelTask(SequenceTask):
-    """Batches {'inputs', 'targets': int32 [b, seq_len], 'mask': [b]}; targets = inputs + 1.
+    """Batches {'inputs', 'targets': int32 [b, seq_len], 'mask': [b]}; targets = inputs + 1."""
 
-    config.data keys (besides tokenizer and transfer keys, see `SequenceTask`): dataset,
-    seq_len, eval_splits; stdlib: root, validation_fraction, seed; lm1b: data_dir; samples:
-    sample_prompt, sample_len, num_samples, temperature, top_k, top_p, sample_seed.
-    """
-
-    DATA_KEYS = frozenset({
-        "dataset", "seq_len", "eval_splits", "root", "validation_fraction", "seed", "data_dir",
-        "sample_prompt", "sample_len", "num_samples", "temperature", "top_k", "top_p",
-        "sample_seed"})
-    MODEL_NAME = "decoder_lm"
+    DataConfig = DataConfig
+    EVALUATOR_TYPES = frozenset({"loss", "sample_text"})
 
     def __init__(self, config):
-        self.dataset = config.data.get("dataset", "stdlib")
+        super().__init__(config)
+        self.dataset = self.data_cfg.dataset
         if self.dataset not in DATASETS:
             raise ValueError(f"config.data.dataset={self.dataset!r}: choose one of {DATASETS}")
-        super().__init__(config)
-        self.seq_len = int(config.data.get("seq_len", 256))
-        self.sample_len = int(config.data.get("sample_len", 200))
+        check_implements(self.model, DecoderOnlyModel, f"config.model.name="
+                         f"{config.model.get('name')!r}")
+        self.seq_len = int(self.data_cfg.seq_len)
         self._texts: dict[str, Any] = {}
         self._streams: dict[str, np.ndarray] = {}
         self._scales: dict[str, float] = {}
@@ -68,26 +76,33 @@ class LanguageModelTask(SequenceTask):
         if self.seq_len < 1 or self.seq_len > self.max_len:
             raise ValueError(f"config.data.seq_len={self.seq_len} must be in [1, model.max_len="
                              f"{self.max_len}]")
-        prompt = self._prompt_ids()
-        if len(prompt) - 1 + self.sample_len > self.max_len:
-            raise ValueError(f"sample_prompt ({len(prompt)} tokens with the leading eos) plus "
-                             f"sample_len={self.sample_len} exceeds model.max_len={self.max_len}")
-        splits = ("validation",) if self.dataset == "stdlib" else ("test",)
-        bad = [s for s in self.eval_splits() if s not in splits]
-        if bad:
-            raise ValueError(f"eval_splits {bad}: dataset {self.dataset!r} has {splits}")
+        self.check_splits(self.eval_splits(), "config.data.eval_splits")
+
+    def splits(self) -> tuple[str, ...]:
+        return ("train", "validation") if self.dataset == "stdlib" else ("train", "test")
+
+    def check_sample(self, prompt: str, length: int, where: str) -> None:
+        """The prompt (with its leading eos) plus `length` new tokens must fit the model."""
+        ids = self._prompt_ids(prompt)
+        if len(ids) - 1 + length > self.max_len:
+            raise ValueError(f"{where}: prompt ({len(ids)} tokens with the leading eos) plus "
+                             f"length={length} exceeds model.max_len={self.max_len}")
+
+    def default_evals(self) -> dict[str, dict[str, Any]]:
+        return {"loss": {"type": "loss"},
+                "sample": {"type": "sample_text", "length": min(200, self.max_len - 1)}}
 
     # -- data -----------------------------------------------------------------------------------
     def texts(self, split: str) -> Any:
         """Documents (stdlib files) or sentences (lm1b) of `split`, read once."""
         if split not in self._texts:
-            data = self.config.data
+            cfg = self.data_cfg
             if self.dataset == "stdlib":
-                corpus = text.stdlib_corpus(float(data.get("validation_fraction", 0.05)),
-                                            int(data.get("seed", 0)), data.get("root") or None)
+                corpus = text.stdlib_corpus(float(cfg.validation_fraction), int(cfg.seed),
+                                            cfg.root or None)
                 self._texts.update({k: v.texts for k, v in corpus.items()})
             else:
-                self._texts[split] = text.load_lm1b(split, data.get("data_dir") or None)
+                self._texts[split] = text.load_lm1b(split, cfg.data_dir or None)
         return self._texts[split]
 
     def train_size(self) -> int:
@@ -99,11 +114,11 @@ class LanguageModelTask(SequenceTask):
 
     def eval_splits(self) -> tuple[str, ...]:
         default = ("validation",) if self.dataset == "stdlib" else ("test",)
-        return tuple(self.config.data.get("eval_splits", default))
+        return tuple(self.data_cfg.eval_splits) or default
 
     def _spm_texts(self) -> Iterator[str]:
         texts = self.texts("train")
-        stride = max(1, len(texts) // int(self.config.data.get("spm_max_sentences", 2_000_000)))
+        stride = max(1, len(texts) // int(self.data_cfg.spm_max_sentences))
         for i in range(0, len(texts), stride):
             yield texts[i]
 
@@ -174,7 +189,7 @@ class LanguageModelTask(SequenceTask):
         return ((batch["targets"] != PAD_ID) & (batch["mask"][:, None] > 0)).astype(jnp.float32)
 
     def loss(self, params, batch, rng, step):
-        logits = self.model.apply({"params": self.trainable(params)}, batch["inputs"],
+        logits = self.model.apply({"params": params}, batch["inputs"],
                                   deterministic=False, rngs={"dropout": rng})
         weights = self._weights(batch)
         loss, tokens = cross_entropy_with_label_smoothing(
@@ -196,36 +211,21 @@ class LanguageModelTask(SequenceTask):
         """Adds perplexity = exp(per-token loss) to the trainer's means of `eval_sums`."""
         return {**means, "perplexity": math.exp(means["loss"])}
 
-    # -- samples --------------------------------------------------------------------------------
-    def _prompt_ids(self) -> list[int]:
+    # -- samples (fed to the sample_text evaluator) -------------------------------------------
+    def _prompt_ids(self, prompt: str) -> list[int]:
         """eos (the start-of-document context of `token_stream`) + the prompt's ids."""
-        prompt = self.config.data.get("sample_prompt", "")
         if self.tokenizer_kind == "byte" or self._tokenizer is not None:
             return [EOS_ID] + self.tokenizer.encode(prompt)
         return [EOS_ID] + [0] * len(prompt.encode())  # upper bound before spm.model exists
 
-    def sample(self, params: Any, step: int = 0) -> list[str]:
-        """`num_samples` continuations of `sample_prompt` (prompt text included)."""
-        data = self.config.data
-        prompt = self.config.data.get("sample_prompt", "")
-        n = int(data.get("num_samples", 1))
-        ids = np.tile(np.asarray(self._prompt_ids(), np.int32), (n, 1))
-        rng = jax.random.fold_in(jax.random.PRNGKey(int(data.get("sample_seed", 0))), step)
-        top_k = data.get("top_k") or None
-        top_p = data.get("top_p") or None
+    def sample(self, params: Any, step: int, cfg: Any) -> list[str]:
+        """`cfg.num_samples` continuations of `cfg.prompt` (prompt text included); `cfg` is a
+        `SampleTextEvaluator.Config`."""
+        ids = np.tile(np.asarray(self._prompt_ids(cfg.prompt), np.int32), (cfg.num_samples, 1))
+        rng = jax.random.fold_in(jax.random.PRNGKey(int(cfg.seed)), step)
         out = decoding.generate(self.model, params, jnp.asarray(ids), rng,
-                                max_len=self.sample_len, eos_id=EOS_ID,
-                                temperature=float(data.get("temperature", 1.0)),
-                                top_k=None if top_k is None else int(top_k),
-                                top_p=None if top_p is None else float(top_p))
+                                max_len=int(cfg.length), eos_id=EOS_ID,
+                                temperature=float(cfg.temperature),
+                                top_k=int(cfg.top_k) or None, top_p=float(cfg.top_p) or None)
         tokens = np.asarray(multihost_utils.process_allgather(out, tiled=True))
-        return [prompt + s for s in self.tokenizer.decode_batch(tokens)]
-
-    def artifacts(self, params, ema_params, step, workdir, writer, mesh):
-        """A text sample, written to the metric writer and printed; no metrics."""
-        samples = self.sample(ema_params if ema_params is not None else params, step)
-        body = "\n\n---\n\n".join(samples)
-        writer.text(step, "sample", body)
-        if jax.process_index() == 0:
-            print(f"sample @ {step}:\n{body}", flush=True)
-        return {}
+        return [cfg.prompt + s for s in self.tokenizer.decode_batch(tokens)]

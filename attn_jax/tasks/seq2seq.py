@@ -1,4 +1,5 @@
-"""Sequence-to-sequence with the Transformer encoder-decoder (Vaswani et al. 2017).
+"""Sequence-to-sequence with any encoder-decoder of the contract (`attn_jax.models.protocols`):
+the Transformer (Vaswani et al. 2017), a recurrent seq2seq, an image captioner.
 
 `config.data.dataset`:
   * 'dates' (offline): CLDR-written dates in ~30 locales -> ISO 8601 (`attn_jax.data.text`),
@@ -6,127 +7,153 @@
     start_year, end_year); held-out splits share no date with train.
   * 'wmt14_de_en' (online): tfds `wmt14_translate/de-en` prepared as ArrayRecord in data_dir;
     source_lang / target_lang pick the direction (default en -> de, the paper's headline).
+  * 'digits_words' (offline, an image source): the scikit-learn digits (8x8 grey, [0, 1]) ->
+    the English word of the digit ('seven'); the source side is images, so the model's encoder
+    must take `[batch, 8, 8, 1]` (a captioning-shaped model).
 
 Training minimises label-smoothed cross entropy (Szegedy et al. 2016; eps = config.label_smoothing)
-over target tokens. Evaluation reports per-token loss and accuracy; the artefacts decode
-`decode_splits` (greedy, or beam search with the GNMT length penalty when beam_size > 1, the
-paper's sec. 6.1) and report exact match and sacrebleu BLEU, with a few example translations.
+over target tokens. The default evaluators report per-token loss and accuracy ('loss') and decode
+the eval splits ('decode': greedy, or beam search with the GNMT length penalty, the paper's
+sec. 6.1) for exact match and sacrebleu BLEU; `config.evals` sets others.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
 from attn_jax import decoding
 from attn_jax.data import text
 from attn_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from attn_jax.models.protocols import EncoderDecoderModel, check_implements
 from attn_jax.losses import cross_entropy_with_label_smoothing
-from attn_jax.tasks.sequence import SequenceTask
-from attn_jax.train import sharding as shd
+from attn_jax.tasks.sequence import SequenceTask, TokenizerConfig
 
-DATASETS = ("dates", "wmt14_de_en")
+DATASETS = ("dates", "wmt14_de_en", "digits_words")
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig(TokenizerConfig):
+    """config.data of the seq2seq task (with the tokenizer keys)."""
+
+    dataset: str = "dates"
+    max_src_len: int = 64                # source tokens incl. eos (text sources)
+    max_tgt_len: int = 64                # target tokens incl. eos
+    eval_splits: tuple[str, ...] = ("validation",)
+    # dates
+    train_size: int = 100_000
+    validation_size: int = 1000
+    test_size: int = 1000
+    seed: int = 0
+    locales: tuple[str, ...] = ()        # () = all of text.DATE_LOCALES
+    formats: tuple[str, ...] = ()        # () = all of the CLDR formats
+    start_year: int = 0                  # 0 = the generator's default range
+    end_year: int = 0
+    # wmt14
+    data_dir: str = ""
+    source_lang: str = "en"
+    target_lang: str = "de"
+    train_split: str = "train"
+    spm_train_pairs: int = 1_000_000     # pairs read to train SentencePiece
 
 
 class Seq2SeqTask(SequenceTask):
-    """Batches {'inputs' [b, max_src_len], 'targets' [b, max_tgt_len], 'mask' [b]}, pad 0.
+    """Batches {'inputs' [b, max_src_len] ids or [b, h, w, c] images, 'targets' [b, max_tgt_len],
+    'mask' [b]}, pad 0."""
 
-    config.data keys (besides tokenizer and transfer keys, see `SequenceTask`):
-      dataset, max_src_len, max_tgt_len, eval_splits, decode_splits, decode_max_examples
-      (0 = all), beam_size (1 = greedy), length_penalty (alpha), max_decode_len (default
-      max_tgt_len), num_examples_shown; dates: train_size, validation_size, test_size, seed,
-      locales, formats, start_year, end_year; wmt: data_dir, source_lang, target_lang,
-      train_split, spm_train_pairs (pairs read to train SentencePiece).
-    """
-
-    DATA_KEYS = frozenset({
-        "dataset", "max_src_len", "max_tgt_len", "eval_splits", "decode_splits",
-        "decode_max_examples", "beam_size", "length_penalty", "max_decode_len",
-        "num_examples_shown", "train_size", "validation_size", "test_size", "seed", "locales",
-        "formats", "start_year", "end_year", "data_dir", "source_lang", "target_lang",
-        "train_split", "spm_train_pairs"})
-    MODEL_NAME = "transformer"
+    DataConfig = DataConfig
+    EVALUATOR_TYPES = frozenset({"loss", "decode"})
 
     def __init__(self, config):
-        data = config.data
-        self.dataset = data.get("dataset", "dates")
-        if self.dataset not in DATASETS:
-            raise ValueError(f"config.data.dataset={self.dataset!r}: choose one of {DATASETS}")
         super().__init__(config)
-        self.max_src_len = int(data.get("max_src_len", 64))
-        self.max_tgt_len = int(data.get("max_tgt_len", 64))
-        self.max_decode_len = int(data.get("max_decode_len", 0)) or self.max_tgt_len
-        self.beam_size = int(data.get("beam_size", 1))
-        self.alpha = float(data.get("length_penalty", 0.6))
-        self._pairs: dict[str, Sequence[tuple[str, str]]] = {}
-        self._decode_fn: Any = None
+        cfg = self.data_cfg
+        if cfg.dataset not in DATASETS:
+            raise ValueError(f"config.data.dataset={cfg.dataset!r}: choose one of {DATASETS}")
+        self.dataset = cfg.dataset
+        check_implements(self.model, EncoderDecoderModel, f"config.model.name="
+                         f"{config.model.get('name')!r}")
+        self.max_src_len, self.max_tgt_len = int(cfg.max_src_len), int(cfg.max_tgt_len)
+        self._pairs: dict[str, Sequence[tuple[Any, str]]] = {}
 
     def _model_defaults(self) -> dict[str, Any]:
         # One tokenizer for both sides; its pad is masked and its bos starts the decoder.
-        return {"pad_id": PAD_ID, "bos_id": BOS_ID, "output_vocab_size": None}
+        return {"pad_id": PAD_ID, "bos_id": BOS_ID}
 
     def validate(self) -> None:
         super().validate()
-        longest = max(self.max_src_len, self.max_tgt_len, self.max_decode_len)
-        if min(self.max_src_len, self.max_tgt_len, self.max_decode_len) < 2:
-            raise ValueError(f"max_src_len={self.max_src_len}, max_tgt_len={self.max_tgt_len}, "
-                             f"max_decode_len={self.max_decode_len} must be >= 2 (text + eos)")
-        if longest > self.max_len:
-            raise ValueError(f"model.max_len={self.max_len} is shorter than the longest sequence "
-                             f"{longest} (max_src_len / max_tgt_len / max_decode_len)")
-        if self.beam_size < 1:
-            raise ValueError(f"config.data.beam_size={self.beam_size} must be >= 1")
-        splits = ("train", "validation", "test")
-        bad = [s for s in (*self.eval_splits(), *self.decode_splits()) if s not in splits]
-        if bad:
-            raise ValueError(f"eval_splits / decode_splits {bad}: choose among {splits}")
+        if min(self.max_src_len, self.max_tgt_len) < 2:
+            raise ValueError(f"max_src_len={self.max_src_len}, max_tgt_len={self.max_tgt_len} "
+                             "must be >= 2 (text + eos)")
+        longest = self.max_tgt_len if self.image_source else max(self.max_src_len,
+                                                                 self.max_tgt_len)
+        if self.max_len is not None and longest > self.max_len:
+            raise ValueError(f"model max_len={self.max_len} is shorter than the longest sequence "
+                             f"{longest} (config.data.max_src_len / max_tgt_len)")
+        self.check_splits(self.eval_splits(), "config.data.eval_splits")
+
+    # -- checks the evaluators call -------------------------------------------------------------
+    def check_decode_len(self, max_len: int, where: str) -> int:
+        """The decode length (0 = max_tgt_len), checked against the model."""
+        max_len = max_len or self.max_tgt_len
+        if max_len < 2 or (self.max_len is not None and max_len > self.max_len):
+            raise ValueError(f"{where}={max_len} must be in [2, model max_len={self.max_len}]")
+        return max_len
 
     # -- data -----------------------------------------------------------------------------------
-    def pairs(self, split: str) -> Sequence[tuple[str, str]]:
-        """(source, target) strings of `split`, built or opened once."""
+    @property
+    def image_source(self) -> bool:
+        return self.dataset == "digits_words"
+
+    def pairs(self, split: str) -> Sequence[tuple[Any, str]]:
+        """(source, target) of `split` (source: a string, or an image [h, w, 1] for
+        digits_words), built or opened once."""
         if split not in self._pairs:
-            data = self.config.data
+            cfg = self.data_cfg
             if self.dataset == "dates":
-                kw = {k: tuple(data[k]) for k in ("locales", "formats") if data.get(k)}
-                kw |= {k: int(data[k]) for k in ("start_year", "end_year") if data.get(k)}
+                kw = {k: tuple(getattr(cfg, k)) for k in ("locales", "formats") if getattr(cfg, k)}
+                kw |= {k: int(getattr(cfg, k)) for k in ("start_year", "end_year")
+                       if getattr(cfg, k)}
                 self._pairs.update(text.date_splits(
-                    int(data.get("train_size", 100_000)), int(data.get("validation_size", 1000)),
-                    int(data.get("test_size", 1000)), int(data.get("seed", 0)), **kw))
+                    int(cfg.train_size), int(cfg.validation_size), int(cfg.test_size),
+                    int(cfg.seed), **kw))
+            elif self.dataset == "digits_words":
+                self._pairs.update(_digits_words(int(cfg.seed)))
             else:
-                name = data.get("train_split", "train") if split == "train" else split
+                name = cfg.train_split if split == "train" else split
                 self._pairs[split] = text.load_wmt14(
-                    name, data.get("data_dir") or None,
-                    source_lang=data.get("source_lang", "en"),
-                    target_lang=data.get("target_lang", "de"))
+                    name, cfg.data_dir or None, source_lang=cfg.source_lang,
+                    target_lang=cfg.target_lang)
         return self._pairs[split]
 
     def train_size(self) -> int:
         return len(self.pairs("train"))
 
     def eval_splits(self) -> tuple[str, ...]:
-        return tuple(self.config.data.get("eval_splits", ("validation",)))
-
-    def decode_splits(self) -> tuple[str, ...]:
-        return tuple(self.config.data.get("decode_splits", self.eval_splits()))
+        return tuple(self.data_cfg.eval_splits)
 
     def _spm_texts(self) -> Iterator[str]:
         pairs = self.pairs("train")
-        limit = int(self.config.data.get("spm_train_pairs", 1_000_000))
-        stride = max(1, len(pairs) // limit)  # evenly spread over the corpus, not its head
+        stride = max(1, len(pairs) // int(self.data_cfg.spm_train_pairs))  # spread, not the head
         for i in range(0, len(pairs), stride):
             source, target = pairs[i]
-            yield source
+            if not self.image_source:
+                yield source
             yield target
 
     def _dataset(self, pairs, train: bool, seed: int, process_index: int, process_count: int):
+        batch = int(self.config.batch_size)
+        if self.image_source:
+            return _image_text_dataset(pairs, self.tokenizer, global_batch_size=batch,
+                                       max_tgt_len=self.max_tgt_len, seed=seed, train=train,
+                                       process_index=process_index, process_count=process_count)
         return text.seq2seq_dataset(
-            pairs, self.tokenizer, self.tokenizer, global_batch_size=int(self.config.batch_size),
+            pairs, self.tokenizer, self.tokenizer, global_batch_size=batch,
             max_src_len=self.max_src_len, max_tgt_len=self.max_tgt_len, seed=seed, train=train,
             process_index=process_index, process_count=process_count)
 
@@ -139,8 +166,12 @@ class Seq2SeqTask(SequenceTask):
                                                  process_count))
 
     # -- model ----------------------------------------------------------------------------------
+    def _source_shape(self) -> tuple[int, ...]:
+        return (8, 8, 1) if self.image_source else (self.max_src_len,)
+
     def _init_fresh(self, rng):
-        inputs = jnp.ones((1, self.max_src_len), jnp.int32)
+        dtype = jnp.float32 if self.image_source else jnp.int32
+        inputs = jnp.ones((1, *self._source_shape()), dtype)
         targets = jnp.ones((1, self.max_tgt_len), jnp.int32)
         return self.model.init({"params": rng}, inputs, targets)["params"]
 
@@ -150,8 +181,8 @@ class Seq2SeqTask(SequenceTask):
         return weights.astype(jnp.float32), correct.astype(jnp.float32).sum()
 
     def loss(self, params, batch, rng, step):
-        logits = self.model.apply({"params": self.trainable(params)}, batch["inputs"],
-                                  batch["targets"], deterministic=False, rngs={"dropout": rng})
+        logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"],
+                                  deterministic=False, rngs={"dropout": rng})
         weights, correct = self._token_stats(logits, batch)
         loss, tokens = cross_entropy_with_label_smoothing(
             logits, batch["targets"], weights, float(self.config.get("label_smoothing", 0.0)))
@@ -159,69 +190,88 @@ class Seq2SeqTask(SequenceTask):
 
     def eval_sums(self, params, batch):
         """Sums over real target tokens: 'loss' (NLL, no smoothing) and 'token_accuracy';
-        'count' is the number of tokens, so the trainer reports per-token means."""
+        'count' is the number of tokens, so the evaluator reports per-token means."""
         logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"])
         weights, correct = self._token_stats(logits, batch)
         nll = cross_entropy_with_label_smoothing(logits, batch["targets"], weights)[0]
         tokens = weights.sum()
         return {"loss": nll * tokens, "token_accuracy": correct, "count": tokens}
 
-    # -- decoding -------------------------------------------------------------------------------
-    def _decoder(self) -> Any:
-        """(params, inputs [b, max_src_len]) -> tokens [b, max_decode_len], jitted once."""
-        if self._decode_fn is None:
-            fn = functools.partial(decoding.decode, self.model, max_len=self.max_decode_len,
-                                   eos_id=EOS_ID, beam_size=self.beam_size, alpha=self.alpha)
-            self._decode_fn = jax.jit(fn)
-        return self._decode_fn
+    # -- decoding (fed to the decode evaluator) -------------------------------------------------
+    def default_evals(self) -> dict[str, dict[str, Any]]:
+        return {"loss": {"type": "loss"}, "decode": {"type": "decode"}}
 
-    def translate(self, params: Any, sources: Sequence[str], mesh: jax.sharding.Mesh | None = None
-                  ) -> list[str]:
+    def predict_tokens_fn(self, max_len: int, beam_size: int = 1, alpha: float = 0.6):
+        """(params, inputs) -> output tokens `[batch, max_len]` (eos kept, pad after it)."""
+        return functools.partial(decoding.decode, self.model, max_len=max_len, eos_id=EOS_ID,
+                                 beam_size=beam_size, alpha=alpha)
+
+    def _limited(self, split: str, max_examples: int) -> Sequence[tuple[Any, str]]:
+        source = self.pairs(split)
+        n = min(max_examples, len(source)) if max_examples else len(source)
+        return [source[i] for i in range(n)]
+
+    def decode_references(self, split: str, max_examples: int = 0
+                          ) -> tuple[list[str], list[str]]:
+        """(printable sources, reference strings) of the first `max_examples` (0 = all)."""
+        pairs = self._limited(split, max_examples)
+        sources = [f"<image {i}>" if self.image_source else s for i, (s, _) in enumerate(pairs)]
+        return sources, [t for _, t in pairs]
+
+    def decode_batches(self, split: str, max_examples: int = 0, *, process_index: int = 0,
+                       process_count: int = 1):
+        """One pass of host batches over the first `max_examples` examples of `split`."""
+        return self._dataset(self._limited(split, max_examples), False, 0, process_index,
+                             process_count)
+
+    def translate(self, params: Any, sources: Sequence[Any], mesh=None, *, beam_size: int = 1,
+                  alpha: float = 0.6, max_len: int = 0) -> list[str]:
         """Decoded target strings for `sources` (every process passes the same list)."""
+        import jax
+
+        from attn_jax.eval.evaluators import predict_texts
+
         pairs = [(s, "") for s in sources]
-        return self._decode_pairs(params, pairs, mesh)
-
-    def _decode_pairs(self, params, pairs, mesh) -> list[str]:
-        if mesh is None:
-            mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
-        decode = self._decoder()
-        rows = []
-        for batch in self._dataset(pairs, False, 0, jax.process_index(), jax.process_count()):
-            inputs = shd.global_batch(mesh, {"inputs": batch["inputs"]})["inputs"]
-            out = multihost_utils.process_allgather(decode(params, inputs), tiled=True)
-            rows.append(np.asarray(out))
-        tokens = np.concatenate(rows)[:len(pairs)]  # filler rows come last
-        return self.tokenizer.decode_batch(tokens)
-
-    def artifacts(self, params, ema_params, step, workdir, writer, mesh):
-        """Decode `decode_splits`: exact match and BLEU (+ 'ema_' ones), example translations."""
-        data = self.config.data
-        limit = int(data.get("decode_max_examples", 0))
-        shown = int(data.get("num_examples_shown", 5))
-        variants = [("", params)] + ([("ema_", ema_params)] if ema_params is not None else [])
-        metrics = {}
-        for split in self.decode_splits():
-            source = self.pairs(split)
-            pairs = [source[i] for i in range(min(limit, len(source)) if limit else len(source))]
-            references = [t for _, t in pairs]
-            for prefix, p in variants:
-                predictions = self._decode_pairs(p, pairs, mesh)
-                metrics[f"{prefix}{split}_exact_match"] = text.exact_match(predictions,
-                                                                           references)
-                metrics[f"{prefix}{split}_bleu"] = text.bleu(predictions, references)
-                if prefix == "" and shown:
-                    table = _examples_table(pairs[:shown], predictions[:shown])
-                    writer.text(step, f"{split}_translations", table)
-                    if jax.process_index() == 0:
-                        print(f"{split} translations @ {step}:\n{table}", flush=True)
-        return metrics
+        predict = jax.jit(self.predict_tokens_fn(max_len or self.max_tgt_len, beam_size, alpha))
+        batches = self._dataset(pairs, False, 0, jax.process_index(), jax.process_count())
+        return predict_texts(self, params, batches, predict, len(pairs), mesh)
 
 
-def _examples_table(pairs: Sequence[tuple[str, str]], predictions: Sequence[str]) -> str:
-    """A markdown table (TensorBoard renders it): source | reference | prediction."""
-    def cell(s: str) -> str:
-        return s.replace("|", "\\|").replace("\n", " ")
+def _digits_words(seed: int) -> dict[str, list[tuple[np.ndarray, str]]]:
+    """The sklearn digits as (image float32 [8, 8, 1] in [0, 1], word) pairs: the stratified
+    test split of `attn_jax.data.offline.digits_test_mask`, and a seeded tenth of the rest as
+    validation."""
+    from sklearn.datasets import load_digits
 
-    lines = ["| source | reference | prediction |", "| --- | --- | --- |"]
-    lines += [f"| {cell(s)} | {cell(t)} | {cell(p)} |" for (s, t), p in zip(pairs, predictions)]
-    return "\n".join(lines)
+    from attn_jax.data.offline import digits_test_mask
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    labels = digits.target
+    test = digits_test_mask(labels)
+    rest = np.flatnonzero(~test)
+    order = np.random.default_rng(seed).permutation(rest)
+    validation = np.zeros(len(labels), bool)
+    validation[order[: len(rest) // 10]] = True
+    split_of = {"test": test, "validation": validation, "train": ~test & ~validation}
+    return {name: [(images[i], DIGIT_WORDS[labels[i]]) for i in np.flatnonzero(mask)]
+            for name, mask in split_of.items()}
+
+
+def _image_text_dataset(pairs, tokenizer, *, global_batch_size: int, max_tgt_len: int, seed: int,
+                        train: bool, process_index: int, process_count: int):
+    """Batches {'inputs': float32 [b_local, h, w, c], 'targets': int32 [b_local, max_tgt_len],
+    'mask'} from (image, text) pairs, through the shared batcher."""
+    shape = np.shape(pairs[0][0]) if len(pairs) else (8, 8, 1)
+
+    def collate(indices):
+        real = [pairs[i] for i in indices if i is not None]  # filler rows come last
+        inputs = np.zeros((len(indices), *shape), np.float32)
+        targets = np.zeros((len(indices), max_tgt_len), np.int32)
+        if real:
+            inputs[:len(real)] = np.stack([im for im, _ in real])
+            targets[:len(real)] = tokenizer.encode_batch([t for _, t in real], max_tgt_len)
+        return {"inputs": inputs, "targets": targets}
+
+    return text._batched(len(pairs), global_batch_size, collate, train=train, seed=seed,
+                         process_index=process_index, process_count=process_count)

@@ -1,12 +1,23 @@
-"""The trainer's config keys, with defaults. Config files start from `base_config()`.
+"""The trainer's config keys, with defaults, and the one helper every config section is read with.
 
-The returned config is locked: assigning a key the trainer does not know (a typo) raises at once.
-`model` and `data` are open sections that belong to the task; the task validates them.
+Config files start from `base_config()`. The returned config is locked: assigning a key the
+trainer does not know (a typo) raises at once. `model`, `data` and `evals` are open sections that
+belong to the task and the evaluators; each declares its keys, defaults and docs in one frozen
+dataclass and reads its section with `parse_section`, which rejects unknown keys (naming the
+closest known one) before anything is compiled.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import difflib
+import typing
+from collections.abc import Mapping
+from typing import Any, TypeVar
+
 import ml_collections
+
+T = TypeVar("T")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -14,7 +25,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.task = "classification"
     c.seed = 0
     c.model = ml_collections.ConfigDict()   # model.name + the model's fields
-    c.data = ml_collections.ConfigDict()    # task-specific: dataset name, augmentation, ...
+    c.data = ml_collections.ConfigDict()    # the task's data section (its DataConfig)
     c.batch_size = 128                      # global, over all devices and processes
     c.total_steps = 0                       # or num_epochs (total_steps wins when > 0)
     c.num_epochs = 0.0
@@ -24,10 +35,18 @@ def base_config() -> ml_collections.ConfigDict:
     c.ema_warmup = True                     # decay min(ema_decay, (1+t)/(10+t)) at update t
     c.label_smoothing = 0.0
 
+    # lr_mults: (regex, multiplier) pairs over parameter paths ('Transformer/encoderblock_0/...');
+    # the first full match scales that parameter's updates (0 freezes it), unmatched ones get 1.
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=0, end_fraction=0.0,
         weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
-        grad_clip_norm=1.0))
+        grad_clip_norm=1.0, lr_mults=()))
+
+    # Start from another run's parameters (attn_jax.train.init): `path` is a workdir of this repo;
+    # rename holds (regex, replacement) pairs for its parameter paths; parameters whose shapes
+    # differ are adapted where a rule exists (position embeddings resampled to the new grid) and
+    # otherwise freshly initialised (a new head), and the run prints what it did.
+    c.init = ml_collections.ConfigDict(dict(path="", step=-1, rename=(), ema=False))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
@@ -36,10 +55,129 @@ def base_config() -> ml_collections.ConfigDict:
         async_save=True))
 
     c.log_every_steps = 50
-    c.eval_every_steps = 0                  # 0 = only at the end
+    c.eval_every_steps = 0                  # 0 = only at the end; evaluators' default cadence
+    # NAME -> dict(type=..., every_steps=..., ...) (attn_jax.eval.evaluators); empty = the task's
+    # default evaluators.
+    c.evals = ml_collections.ConfigDict()
 
     # Test hooks: simulate crashes, record the batches seen.
     c.debug = ml_collections.ConfigDict(dict(log_batches=False, kill_after_step=-1,
                                              kill_after_save_step=-1))
     c.lock()
     return c
+
+
+def _plain(value: Any) -> Any:
+    """ConfigDicts and lists as dicts and tuples (hashable, frozen-dataclass friendly)."""
+    if isinstance(value, (ml_collections.ConfigDict, Mapping)):
+        return {k: _plain(v) for k, v in dict(value).items()}
+    if isinstance(value, (list, tuple)):
+        return tuple(_plain(v) for v in value)
+    return value
+
+
+def unknown_key_error(where: str, unknown: Any, known: Any) -> ValueError:
+    """'config.data has unknown key 'lenght' (did you mean 'length'?); known keys: [...]'."""
+    known = sorted(known)
+    parts = []
+    for key in sorted(unknown):
+        close = difflib.get_close_matches(key, known, n=1)
+        if where == "config.data" and key in LEGACY_DATA_KEYS:
+            section, new = LEGACY_DATA_KEYS[key]
+            parts.append(f"{key!r} (moved to config.{section}.{new})")
+        else:
+            parts.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+    return ValueError(f"{where} has unknown key{'s' if len(parts) > 1 else ''} "
+                      f"{', '.join(parts)}; known keys: {known}")
+
+
+def parse_section(cls: type[T], given: Mapping[str, Any] | None, where: str,
+                  ignore: tuple[str, ...] = ()) -> T:
+    """`cls(**given)` for a frozen dataclass of declared keys with defaults.
+
+    Unknown keys raise `unknown_key_error`; keys without a default must be given; lists become
+    tuples, sub-sections plain dicts. `ignore` names keys read elsewhere (e.g. an evaluator's
+    'type').
+    """
+    given = {k: v for k, v in _plain(given or {}).items() if k not in ignore}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(given) - set(fields)
+    if unknown:
+        raise unknown_key_error(where, unknown, set(fields) | set(ignore))
+    missing = [n for n, f in fields.items() if n not in given
+               and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
+    if missing:
+        raise ValueError(f"{where} needs {missing} (no default)")
+    hints = typing.get_type_hints(cls)
+    for name, value in given.items():
+        hint = hints.get(name)
+        if hint is float and isinstance(value, int) and not isinstance(value, bool):
+            given[name] = float(value)
+    return cls(**given)
+
+
+def section_doc(cls: type) -> list[tuple[str, Any]]:
+    """(key, default) of a declared section, for --help and README tables."""
+    return [(f.name, f.default if f.default is not dataclasses.MISSING else "(required)")
+            for f in dataclasses.fields(cls)]
+
+
+# config.data keys of runs written before the evaluators and config.init existed:
+# old key -> (new section path, new key).
+LEGACY_DATA_KEYS = {
+    "decode_splits": ("evals.decode", "splits"),
+    "decode_max_examples": ("evals.decode", "max_examples"),
+    "beam_size": ("evals.decode", "beam_size"),
+    "length_penalty": ("evals.decode", "length_penalty"),
+    "max_decode_len": ("evals.decode", "max_decode_len"),
+    "num_examples_shown": ("evals.decode", "num_examples_shown"),
+    "sample_prompt": ("evals.sample", "prompt"),
+    "sample_len": ("evals.sample", "length"),
+    "num_samples": ("evals.sample", "num_samples"),
+    "temperature": ("evals.sample", "temperature"),
+    "top_k": ("evals.sample", "top_k"),
+    "top_p": ("evals.sample", "top_p"),
+    "sample_seed": ("evals.sample", "seed"),
+    "init_from": ("init", "path"),
+    "init_step": ("init", "step"),
+    "init_rename": ("init", "rename"),
+    "freeze": ("optim", "lr_mults"),
+    "fid": ("evals.fid", "(the section)"),
+}
+
+
+def upgrade_config(config: dict) -> dict:
+    """A config dict of a run written before the evaluators and `config.init` (its
+    config.json) in today's layout: decoding, sampling and FID keys of config.data move to
+    `evals`, transfer keys to `init` and `optim.lr_mults`. Configs already new pass unchanged."""
+    data = dict(config.get("data") or {})
+    old = {k: data.pop(k) for k in list(data) if k in LEGACY_DATA_KEYS}
+    if not old:
+        return config
+    config = {**config, "data": data, "evals": dict(config.get("evals") or {}),
+              "init": dict(config.get("init") or {}), "optim": dict(config.get("optim") or {})}
+    evals = config["evals"]
+    task = config.get("task")
+    if not evals:  # the evaluators the run had, implicitly
+        evals["loss"] = {"type": "loss"}
+        if task == "seq2seq":
+            evals["decode"] = {"type": "decode"}
+        if task == "lm":
+            evals["sample"] = {"type": "sample_text"}
+    for key, value in old.items():
+        section, new = LEGACY_DATA_KEYS[key]
+        if key == "fid":
+            if value and value.get("classifier_workdir"):
+                evals["fid"] = {"type": "fid", **value}
+        elif key == "freeze":
+            config["optim"]["lr_mults"] = [(p, 0.0) for p in ([value] if isinstance(value, str)
+                                                              else value or [])]
+        elif section == "init":
+            config["init"][new] = "" if value is None and new == "path" else value
+        else:
+            name = section.split(".")[1]
+            kind = {"decode": "decode", "sample": "sample_text"}[name]
+            evals.setdefault(name, {"type": kind})[new] = value
+    if config["init"].get("step") is None:
+        config["init"]["step"] = -1
+    return config

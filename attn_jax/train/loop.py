@@ -1,7 +1,8 @@
 """The shared trainer: one loop for every task, on any mesh, single- or multi-host.
 
-Reads top to bottom: config checks -> mesh -> task and abstract state -> shardings -> workdir,
-checkpoint restore or init -> jitted steps -> loop (train, log, eval, artefacts, checkpoint).
+Reads top to bottom: config checks -> mesh -> task, evaluators and abstract state (fresh, or
+`config.init` from another run) -> shardings -> workdir, checkpoint restore or init -> jitted
+step -> loop (train, log, evaluators on their own cadence, checkpoint).
 Nothing touches the workdir before every check has passed and the state has been traced, so a bad
 config never damages an existing run.
 """
@@ -24,11 +25,13 @@ import ml_collections
 import numpy as np
 import optax
 
+from attn_jax.eval.evaluators import EvalContext, build_evaluators, run_due
 from attn_jax.tasks import get_task
 from attn_jax.train import sharding as shd
 from attn_jax.train.checkpoint import Checkpointer, abstract_with_shardings
+from attn_jax.train.init import Initializer
 from attn_jax.train.metric_writer import MetricWriter, Progress
-from attn_jax.train.optim import make_optimizer
+from attn_jax.train.optim import ParamGroups, make_optimizer
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +77,8 @@ def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None
 
 # ------------------------------------------------------------------------------------ steps
 def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                    accum: int, ema_decay: float, ema_warmup: bool = False) -> Callable:
+                    accum: int, ema_decay: float, ema_warmup: bool = False,
+                    groups: ParamGroups | None = None) -> Callable:
     """(state, batch) -> (state, metrics). Gradient accumulation scans over micro-batches.
 
     The EMA of the parameters starts from the initial ones. With `ema_warmup`, update t (from 0)
@@ -82,8 +86,13 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
     num_updates), so the initialisation fades within the first steps instead of lingering
     (plain 0.999 still keeps 0.999**3000 = 5% of it after 3000 steps)."""
 
+    def loss_of(params, batch, rng, step):
+        if groups:  # frozen groups: no gradient computed for them at all
+            params = groups.stop_frozen(params)
+        return task.loss(params, batch, rng, step)
+
     def grads_of(params, batch, rng, step):
-        return jax.value_and_grad(task.loss, has_aux=True)(params, batch, rng, step)
+        return jax.value_and_grad(loss_of, has_aux=True)(params, batch, rng, step)
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
         rng = jax.random.fold_in(state.rng, state.step)
@@ -137,7 +146,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     mesh = shd.make_mesh(dict(config.mesh), devices)
     validate(config, mesh)
     task = get_task(config.task)(config)
+    # A SentencePiece task trains its vocabulary into the workdir when it first needs it (to
+    # count its training examples for num_epochs, or for the first batch): the only file that
+    # may be written before the state is traced.
+    task.workdir = workdir
     task.validate()
+    evaluators = build_evaluators(config, task)  # every section checked before any compile
     steps = total_steps(config, task)
     accum = int(config.get("grad_accum_steps", 1))
     ema_decay = float(config.get("ema_decay", 0.0))
@@ -145,12 +159,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # -- abstract state and its shardings --
     tx, schedule = make_optimizer(config.optim, steps)
-    tx = task.wrap_optimizer(tx)
+    groups = ParamGroups(config.optim.get("lr_mults", ()))
+    initializer = Initializer.from_config(config)
     seed = int(config.seed)
 
     def init_state(rng: jax.Array) -> TrainState:
         """Parameters keep their logical-axis boxes here; `nn.unbox` strips them."""
-        params = task.init_params(jax.random.fold_in(rng, 0))
+        params = initializer.apply(task.init_params(jax.random.fold_in(rng, 0)))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                           opt_state=tx.init(nn.unbox(params)),
                           ema_params=params if ema_decay else None, rng=rng)
@@ -163,11 +178,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         opt_state=shd.optimizer_shardings(tx, abstract_boxed.opt_state, param_sh, mesh),
         ema_params=param_sh if ema_decay else None, rng=shd.NamedSharding(mesh, shd.P()))
     abstract = abstract_with_shardings(nn.unbox(abstract_boxed), state_sh)
+    groups.check(abstract.params)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
 
     # -- workdir: writer, checkpoints, data --
     os.makedirs(workdir, exist_ok=True)
-    task.workdir = workdir
     writer = MetricWriter(workdir, enabled=primary)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint)
     train_iter = task.train_iterator(seed=seed, process_index=jax.process_index(),
@@ -190,23 +205,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # -- jitted steps --
     train_step = make_train_step(task, tx, schedule, accum, ema_decay,
-                                 bool(config.get("ema_warmup", True)))
+                                 bool(config.get("ema_warmup", True)), groups)
     jit_train = None  # built on the first batch, when the batch's structure is known
-    jit_eval = jax.jit(task.eval_sums, in_shardings=(param_sh, None))
-
-    def evaluate(params: Any) -> dict[str, float]:
-        results = {}
-        for split in task.eval_splits():
-            sums: dict[str, float] = {}
-            for host_batch in task.eval_iterator(split, process_index=jax.process_index(),
-                                                 process_count=jax.process_count()):
-                out = jax.device_get(jit_eval(params, shd.global_batch(mesh, host_batch)))
-                for k, v in out.items():
-                    sums[k] = sums.get(k, 0.0) + float(v)
-            count = max(sums.pop("count", 0.0), 1.0)
-            means = task.eval_metrics(split, {k: v / count for k, v in sums.items()})
-            results.update({f"{split}_{k}": v for k, v in means.items()})
-        return results
 
     def save(step: int, metrics: dict[str, float] | None = None) -> None:
         ckpt.save(step, state, train_iter.get_state(), config.to_dict(), metrics)
@@ -215,7 +215,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     step = int(jax.device_get(state.step))
     progress = Progress(steps, step, enabled=primary)
     log_every = int(config.get("log_every_steps", 50))
-    eval_every = int(config.get("eval_every_steps", 0)) or steps
     ckpt_every = int(config.checkpoint.get("every_steps", 0)) or steps
     debug = config.get("debug", ml_collections.ConfigDict())
     final: dict[str, float] = {}
@@ -235,18 +234,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
                 writer.scalars(step, "train", {**metrics, "steps_per_sec":
                                                progress.report(step, metrics)})
-            eval_metrics = None
-            if step % eval_every == 0 or step == steps:
-                eval_metrics = evaluate(state.params)
-                if state.ema_params is not None:
-                    eval_metrics |= {f"ema_{k}": v for k, v in evaluate(state.ema_params).items()}
-                eval_metrics |= task.artifacts(state.params, state.ema_params, step, workdir,
-                                               writer, mesh)
+            eval_metrics = run_due(evaluators, EvalContext(
+                state.params, state.ema_params, step, workdir, writer, mesh, param_sh), steps)
+            if eval_metrics is not None:
                 writer.scalars(step, "eval", eval_metrics)
                 if primary:
                     print(f"eval @ {step}: " + "  ".join(
                         f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
-                final = eval_metrics
+                final = {**final, **eval_metrics}
             if step % ckpt_every == 0 or step == steps:
                 save(step, eval_metrics)
                 if debug.get("kill_after_save_step") == step:

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import ml_collections
 import optax
+
+from attn_jax.train.init import path_str, regex_pairs
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb")
 SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
@@ -65,4 +69,70 @@ def make_optimizer(cfg: ml_collections.ConfigDict, total_steps: int
                       nesterov=cfg.get("nesterov", False)))
     clip = cfg.get("grad_clip_norm", None)
     tx = optax.chain(optax.clip_by_global_norm(clip), rule) if clip else rule
-    return tx, schedule
+    return with_lr_mults(tx, cfg.get("lr_mults", ())), schedule
+
+
+class ParamGroups:
+    """`config.optim.lr_mults`: (regex, multiplier) pairs; a parameter whose path
+    ('decoder/layer_0/mlp/Dense_0/kernel') fully matches a regex takes the first match's
+    multiplier, the others 1. 0 freezes."""
+
+    def __init__(self, lr_mults: Sequence[Sequence[Any]] = ()):
+        self.rules = [(p, float(m)) for p, m in regex_pairs(lr_mults, "config.optim.lr_mults")]
+        bad = [(p.pattern, m) for p, m in self.rules if m < 0]
+        if bad:
+            raise ValueError(f"config.optim.lr_mults multipliers must be >= 0, got {bad}")
+
+    def __bool__(self) -> bool:
+        return bool(self.rules)
+
+    def mult(self, path: str) -> float:
+        return next((m for p, m in self.rules if p.fullmatch(path)), 1.0)
+
+    def mults(self, params: Any) -> Any:
+        """A tree like `params` of Python float multipliers (static under jit)."""
+        return jax.tree_util.tree_map_with_path(lambda p, _: self.mult(path_str(p)), params)
+
+    def check(self, params: Any) -> None:
+        """ValueError if a regex matches no parameter (a typo would silently change nothing)."""
+        paths = [path_str(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+        idle = [p.pattern for p, _ in self.rules if not any(p.fullmatch(q) for q in paths)]
+        if idle:
+            raise ValueError(f"config.optim.lr_mults patterns {idle} match no parameter; the "
+                             f"parameters are {paths}")
+
+    def stop_frozen(self, params: Any) -> Any:
+        """`params` with `stop_gradient` on the multiplier-0 leaves (inside the loss), so the
+        backward pass skips them and grad_norm / clipping see only trained parameters."""
+        if not any(m == 0 for _, m in self.rules):
+            return params
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x: jax.lax.stop_gradient(x) if self.mult(path_str(p)) == 0 else x, params)
+
+
+def with_lr_mults(tx: optax.GradientTransformation, lr_mults: Sequence[Sequence[Any]]
+                  ) -> optax.GradientTransformation:
+    """`tx` whose final updates are scaled per parameter group (big_vision's `lr_mults`):
+    multiplier m scales the update by m, weight decay included, so under SGD a group moves by
+    exactly m times what it would; m = 0 also zeroes the group's gradients before `tx`, so
+    clipping and the moments never see them, and the parameters stay bit-identical. The state
+    keeps the parameters' tree structure (unlike `optax.multi_transform`), so the sharding rules
+    place it like the parameters."""
+    groups = ParamGroups(lr_mults)
+    if not groups:
+        return tx
+
+    def scale(zero_only: bool):
+        def update(updates, state, params=None):
+            del params
+
+            def one(path, u):
+                m = groups.mult(path_str(path))
+                if m == 0:
+                    return jnp.zeros_like(u)
+                return u if zero_only or m == 1 else u * jnp.asarray(m, u.dtype)
+
+            return jax.tree_util.tree_map_with_path(one, updates), state
+        return optax.GradientTransformation(lambda params: optax.EmptyState(), update)
+
+    return optax.chain(scale(zero_only=True), tx, scale(zero_only=False))

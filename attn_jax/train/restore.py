@@ -14,15 +14,17 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from attn_jax.train.checkpoint import interrupted_saves
+from attn_jax.train.config import upgrade_config
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was trained with (written to `<workdir>/config.json` at its start)."""
+    """The config a run was trained with (written to `<workdir>/config.json` at its start), in
+    today's layout (`upgrade_config`: runs from before the evaluators still load)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a train.py workdir")
     with open(path) as f:
-        return ml_collections.ConfigDict(json.load(f))
+        return ml_collections.ConfigDict(upgrade_config(json.load(f)))
 
 
 def checkpoint_steps(workdir: str) -> list[int]:

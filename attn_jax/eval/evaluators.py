@@ -1,0 +1,410 @@
+"""Evaluators: each a small class named in the config, with its own cadence, fed by the task.
+
+    config.evals.loss = dict(type="loss", every_steps=500)            # eval_sums over splits
+    config.evals.decode = dict(type="decode", every_steps=1500, beam_size=4, splits=("test",))
+    config.evals.fid = dict(type="fid", every_steps=5000, classifier_workdir="runs/vit")
+
+`every_steps` 0 means the run's `eval_every_steps` (0 there: only at the end); every evaluator
+also runs at the last step. The trainer's one eval loop (`run_due`) calls the evaluators that are
+due and writes their metrics as one 'eval' row per step. The task supplies data and prediction
+functions (`eval_iterator`, `eval_sums`, `decode_batches` + `predict_tokens`, `sample`,
+`generate`, `bpd_terms`); the loops over eval data live here, not in the tasks.
+
+With EMA parameters in the state, evaluators with `ema=True` also report `ema_`-prefixed
+metrics (or, for pictures and samples, use the EMA parameters).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.experimental import multihost_utils
+
+from attn_jax.data import text as text_metrics  # moves to attn_jax.eval.text_metrics
+from attn_jax.train import sharding as shd
+from attn_jax.train.config import parse_section
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass
+class EvalContext:
+    """What an evaluator gets at a step: the parameters and where to write."""
+
+    params: Any
+    ema_params: Any | None
+    step: int
+    workdir: str
+    writer: Any
+    mesh: jax.sharding.Mesh
+    param_shardings: Any = None
+
+    @property
+    def primary(self) -> bool:
+        return jax.process_index() == 0
+
+    def variants(self, ema: bool) -> list[tuple[str, Any]]:
+        """('', params) and, when asked and kept, ('ema_', ema_params)."""
+        out = [("", self.params)]
+        if ema and self.ema_params is not None:
+            out.append(("ema_", self.ema_params))
+        return out
+
+
+class Evaluator:
+    """Base: `Config` declares the keys (every one with a default); `run` returns metrics."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        every_steps: int = 0
+
+    def __init__(self, name: str, cfg: Any, task: Any, default_every: int):
+        self.name, self.cfg, self.task = name, cfg, task
+        self.every = int(cfg.every_steps) or int(default_every)
+        if int(cfg.every_steps) < 0:
+            raise ValueError(f"config.evals.{name}.every_steps={cfg.every_steps} must be >= 0")
+
+    def due(self, step: int, total_steps: int) -> bool:
+        return step == total_steps or (self.every > 0 and step % self.every == 0)
+
+    def run(self, ctx: EvalContext) -> dict[str, float]:
+        raise NotImplementedError
+
+
+# ------------------------------------------------------------------------------------ loss
+class LossEvaluator(Evaluator):
+    """Means of the task's `eval_sums` over each split ('<split>_<metric>'), then the task's
+    `eval_metrics` (e.g. perplexity)."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        every_steps: int = 0
+        splits: tuple[str, ...] = ()    # default: the task's eval_splits()
+        ema: bool = True
+
+    def __init__(self, name, cfg, task, default_every):
+        super().__init__(name, cfg, task, default_every)
+        self.splits = tuple(cfg.splits) or tuple(task.eval_splits())
+        task.check_splits(self.splits, f"config.evals.{name}.splits")
+        self._jit: dict[Any, Callable] = {}
+
+    def _fn(self, ctx: EvalContext) -> Callable:
+        key = id(ctx.mesh)
+        if key not in self._jit:
+            self._jit[key] = jax.jit(self.task.eval_sums, in_shardings=(ctx.param_shardings, None))
+        return self._jit[key]
+
+    def evaluate(self, ctx: EvalContext, params: Any) -> dict[str, float]:
+        fn, results = self._fn(ctx), {}
+        for split in self.splits:
+            sums: dict[str, float] = {}
+            for host_batch in self.task.eval_iterator(split, process_index=jax.process_index(),
+                                                      process_count=jax.process_count()):
+                out = jax.device_get(fn(params, shd.global_batch(ctx.mesh, host_batch)))
+                for k, v in out.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+            count = max(sums.pop("count", 0.0), 1.0)
+            means = self.task.eval_metrics(split, {k: v / count for k, v in sums.items()})
+            results.update({f"{split}_{k}": v for k, v in means.items()})
+        return results
+
+    def run(self, ctx):
+        out = {}
+        for prefix, params in ctx.variants(self.cfg.ema):
+            out |= {prefix + k: v for k, v in self.evaluate(ctx, params).items()}
+        return out
+
+
+# ------------------------------------------------------------------------------------ decode
+def _examples_table(sources: Sequence[str], references: Sequence[str],
+                    predictions: Sequence[str]) -> str:
+    """A markdown table (TensorBoard renders it): source | reference | prediction."""
+    def cell(s: str) -> str:
+        return s.replace("|", "\\|").replace("\n", " ")
+
+    lines = ["| source | reference | prediction |", "| --- | --- | --- |"]
+    lines += [f"| {cell(s)} | {cell(t)} | {cell(p)} |"
+              for s, t, p in zip(sources, references, predictions)]
+    return "\n".join(lines)
+
+
+def predict_texts(task: Any, params: Any, batches: Any, predict: Callable, num: int,
+                  mesh: jax.sharding.Mesh | None = None) -> list[str]:
+    """Decoded strings of the first `num` examples of `batches` (host batches with 'inputs'):
+    each batch's inputs become a global array, `predict(params, inputs)` gives tokens, all
+    processes gather them, and the task detokenizes."""
+    if mesh is None:
+        mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
+    rows = []
+    for batch in batches:
+        inputs = shd.global_batch(mesh, {"inputs": batch["inputs"]})["inputs"]
+        rows.append(np.asarray(multihost_utils.process_allgather(predict(params, inputs),
+                                                                 tiled=True)))
+    tokens = np.concatenate(rows)[:num]  # filler rows come last
+    return task.detokenize(tokens)
+
+
+class DecodeEvaluator(Evaluator):
+    """Greedy or beam-search decoding of an encoder-decoder (`attn_jax.decoding.decode`) on
+    `splits`: '<split>_exact_match' and '<split>_bleu' (sacrebleu corpus BLEU), and a table of
+    example outputs written to TensorBoard and printed."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        every_steps: int = 0
+        splits: tuple[str, ...] = ()    # default: the task's eval_splits()
+        max_examples: int = 0           # 0 = the whole split
+        beam_size: int = 1              # 1 = greedy
+        length_penalty: float = 0.6     # GNMT alpha (Wu et al. 2016, eq. 14)
+        max_decode_len: int = 0         # 0 = the task's target length
+        num_examples_shown: int = 5
+        ema: bool = True
+
+    def __init__(self, name, cfg, task, default_every):
+        super().__init__(name, cfg, task, default_every)
+        self.splits = tuple(cfg.splits) or tuple(task.eval_splits())
+        task.check_splits(self.splits, f"config.evals.{name}.splits")
+        if cfg.beam_size < 1 or cfg.max_examples < 0 or cfg.length_penalty < 0:
+            raise ValueError(f"config.evals.{name}: beam_size >= 1, max_examples >= 0 and "
+                             f"length_penalty >= 0 needed; got {cfg}")
+        self.max_len = task.check_decode_len(int(cfg.max_decode_len),
+                                             f"config.evals.{name}.max_decode_len")
+        self._predict = jax.jit(task.predict_tokens_fn(self.max_len, cfg.beam_size,
+                                                       cfg.length_penalty))
+
+    def run(self, ctx):
+        metrics, shown = {}, int(self.cfg.num_examples_shown)
+        for split in self.splits:
+            sources, references = self.task.decode_references(split, self.cfg.max_examples)
+            for prefix, params in ctx.variants(self.cfg.ema):
+                batches = self.task.decode_batches(split, self.cfg.max_examples,
+                                                   process_index=jax.process_index(),
+                                                   process_count=jax.process_count())
+                predictions = predict_texts(self.task, params, batches, self._predict,
+                                            len(references), ctx.mesh)
+                metrics[f"{prefix}{split}_exact_match"] = text_metrics.exact_match(
+                    predictions, references)
+                metrics[f"{prefix}{split}_bleu"] = text_metrics.bleu(predictions, references)
+                if prefix == "" and shown:
+                    table = _examples_table(sources[:shown], references[:shown],
+                                            predictions[:shown])
+                    ctx.writer.text(ctx.step, f"{split}_translations", table)
+                    if ctx.primary:
+                        print(f"{split} translations @ {ctx.step}:\n{table}", flush=True)
+        return metrics
+
+
+# ------------------------------------------------------------------------------------ text samples
+class SampleTextEvaluator(Evaluator):
+    """Text continuations of `prompt` from a decoder-only LM (top-k / nucleus sampling), written
+    to TensorBoard and printed; no metrics."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        every_steps: int = 0
+        prompt: str = ""
+        length: int = 200
+        num_samples: int = 1
+        temperature: float = 1.0
+        top_k: int = 0                  # 0 = off
+        top_p: float = 0.0              # 0 = off
+        seed: int = 0
+        ema: bool = True                # sample from the EMA parameters when kept
+
+    def __init__(self, name, cfg, task, default_every):
+        super().__init__(name, cfg, task, default_every)
+        if cfg.num_samples < 1 or cfg.length < 1 or cfg.temperature < 0:
+            raise ValueError(f"config.evals.{name}: num_samples >= 1, length >= 1 and "
+                             f"temperature >= 0 needed; got {cfg}")
+        task.check_sample(cfg.prompt, cfg.length, f"config.evals.{name}")
+
+    def run(self, ctx):
+        params = ctx.variants(self.cfg.ema)[-1][1]
+        samples = self.task.sample(params, ctx.step, self.cfg)
+        body = "\n\n---\n\n".join(samples)
+        ctx.writer.text(ctx.step, "sample", body)
+        if ctx.primary:
+            print(f"sample @ {ctx.step}:\n{body}", flush=True)
+        return {}
+
+
+# ------------------------------------------------------------------------------------ images
+class SamplesEvaluator(Evaluator):
+    """A grid of generated images (a fixed key, so grids show progress) ->
+    `<workdir>/samples/step_<N>.png` and TensorBoard; no metrics."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        every_steps: int = 0
+        num_images: int = 64
+        seed: int = 0
+        ema: bool = True
+
+    def __init__(self, name, cfg, task, default_every):
+        super().__init__(name, cfg, task, default_every)
+        if cfg.num_images < 1:
+            raise ValueError(f"config.evals.{name}.num_images={cfg.num_images} must be >= 1")
+
+    def run(self, ctx):
+        from attn_jax.viz.grid import image_grid, save_png
+
+        params = ctx.variants(self.cfg.ema)[-1][1]
+        n = int(self.cfg.num_images)
+        samples = self.task.generate(params, n, jax.random.PRNGKey(int(self.cfg.seed)), ctx.mesh,
+                                     batch_size=n)
+        grid = image_grid(samples)
+        if ctx.primary:
+            save_png(os.path.join(ctx.workdir, "samples", f"step_{ctx.step}.png"), grid)
+            ctx.writer.image(ctx.step, "samples", grid)
+        return {}
+
+
+class FidEvaluator(Evaluator):
+    """FID of `num_samples` generated images against a split, on the pooled features of a
+    classifier trained with this repo (`attn_jax.eval.fid`): 'fid'."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        every_steps: int = 0
+        classifier_workdir: str = ""
+        num_samples: int = 1000
+        split: str = "test"
+        batch_size: int = 256
+        seed: int = 1
+        ema: bool = True
+
+    def __init__(self, name, cfg, task, default_every):
+        super().__init__(name, cfg, task, default_every)
+        workdir = cfg.classifier_workdir
+        if not workdir or not os.path.exists(os.path.join(workdir, "config.json")):
+            raise ValueError(f"config.evals.{name}.classifier_workdir={workdir!r} has no "
+                             "config.json: train a classifier first (e.g. "
+                             "configs/vit_fashion_mnist.py) or drop this evaluator")
+        if cfg.num_samples < 2:
+            raise ValueError(f"config.evals.{name}.num_samples={cfg.num_samples} must be >= 2 "
+                             "(a covariance needs two samples)")
+
+    def run(self, ctx):
+        params = ctx.variants(self.cfg.ema)[-1][1]
+        return {"fid": self.task.fid(params, ctx.mesh, classifier_workdir=self.cfg.classifier_workdir,
+                                     num_samples=self.cfg.num_samples, split=self.cfg.split,
+                                     feature_batch_size=self.cfg.batch_size,
+                                     rng=jax.random.PRNGKey(int(self.cfg.seed)))}
+
+
+def bits_per_dim(task: Any, params: Any, *, split: str = "test", max_examples: int | None = None,
+                 batch_size: int = 64, seed: int = 0, mesh: jax.sharding.Mesh | None = None
+                 ) -> dict[str, float]:
+    """The task's full variational bound (`task.bpd_terms(params, x0, rng)`, per-example terms
+    in bits/dim) averaged over the first `max_examples` (default all) examples of `split`.
+    Returns the means of the terms and 'num_examples'."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    fn = task.bpd_terms
+    if mesh is not None and batch_size % shd.data_parallel_size(mesh) == 0:
+        fn = jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), shd.batch_sharding(mesh, 4),
+                                       None), out_shardings=shd.batch_sharding(mesh, 1))
+        process, processes = jax.process_index(), jax.process_count()
+    else:  # one device reads whole batches
+        mesh, fn, process, processes = None, jax.jit(fn), 0, 1
+    sums: dict[str, float] = {}
+    count = 0
+    for i, batch in enumerate(task.eval_iterator(split, process_index=process,
+                                                 process_count=processes,
+                                                 batch_size=batch_size)):
+        if max_examples is not None and count >= max_examples:
+            break
+        if mesh is not None:  # host rows -> global arrays; the mask comes back whole
+            batch = shd.global_batch(mesh, {"image": batch["image"], "mask": batch["mask"]})
+        out = fn(params, batch["image"], jax.random.fold_in(jax.random.PRNGKey(seed), i))
+        mask = _to_host(batch["mask"]) if mesh is not None else batch["mask"]
+        if max_examples is not None:  # drop real examples past max_examples
+            mask = mask * (np.cumsum(mask) + count <= max_examples)
+        for k, v in out.items():
+            sums[k] = sums.get(k, 0.0) + float((_to_host(v) * mask).sum())
+        count += int(mask.sum())
+    if count == 0:
+        raise ValueError(f"no examples in split {split!r}")
+    return {**{k: v / count for k, v in sums.items()}, "num_examples": count}
+
+
+def _to_host(x: Any) -> np.ndarray:
+    """A global array as NumPy on every process (all-gathered when other hosts hold rows)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+class BitsPerDimEvaluator(Evaluator):
+    """The exact variational bound over all T diffusion steps on `max_examples` images of
+    `split` (T model calls per image: run it rarely): '<split>_bpd', '_prior_bpd',
+    '_decoder_bpd'."""
+
+    @dataclasses.dataclass(frozen=True)
+    class Config:
+        every_steps: int = 0
+        split: str = "test"
+        max_examples: int = 64
+        batch_size: int = 64
+        seed: int = 0
+        ema: bool = True
+
+    def run(self, ctx):
+        out = {}
+        for prefix, params in ctx.variants(self.cfg.ema):
+            res = bits_per_dim(self.task, params, split=self.cfg.split,
+                               max_examples=int(self.cfg.max_examples) or None,
+                               batch_size=int(self.cfg.batch_size), seed=int(self.cfg.seed),
+                               mesh=ctx.mesh)
+            res.pop("num_examples")
+            out |= {f"{prefix}{self.cfg.split}_{k}": v for k, v in res.items()}
+        return out
+
+
+EVALUATORS: dict[str, type[Evaluator]] = {
+    "loss": LossEvaluator,
+    "decode": DecodeEvaluator,
+    "sample_text": SampleTextEvaluator,
+    "samples": SamplesEvaluator,
+    "fid": FidEvaluator,
+    "bits_per_dim": BitsPerDimEvaluator,
+}
+
+
+def build_evaluators(config: Any, task: Any) -> list[Evaluator]:
+    """The evaluators of `config.evals` (or, when it is empty, of `task.default_evals()`), each
+    section checked against its type's declared keys before anything is compiled."""
+    sections: Mapping[str, Any] = dict(config.get("evals") or {}) or task.default_evals()
+    default_every = int(config.get("eval_every_steps", 0))
+    out = []
+    for name, section in sections.items():
+        section = dict(section)
+        kind = section.get("type", name)
+        if kind not in EVALUATORS:
+            raise ValueError(f"config.evals.{name}.type={kind!r} is unknown; choose one of "
+                             f"{sorted(EVALUATORS)}")
+        if kind not in task.EVALUATOR_TYPES:
+            raise ValueError(f"config.evals.{name}: task {config.task!r} cannot feed a {kind!r} "
+                             f"evaluator; it supports {sorted(task.EVALUATOR_TYPES)}")
+        cls = EVALUATORS[kind]
+        cfg = parse_section(cls.Config, section, f"config.evals.{name}", ignore=("type",))
+        out.append(cls(name, cfg, task, default_every))
+    return out
+
+
+def run_due(evaluators: Sequence[Evaluator], ctx: EvalContext, total_steps: int
+            ) -> dict[str, float] | None:
+    """Runs the evaluators due at `ctx.step`; their merged metrics, or None if none was due."""
+    due = [e for e in evaluators if e.due(ctx.step, total_steps)]
+    if not due:
+        return None
+    metrics: dict[str, float] = {}
+    for evaluator in due:
+        metrics |= evaluator.run(ctx)
+    return metrics
