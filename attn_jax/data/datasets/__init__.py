@@ -1,0 +1,8 @@
+"""One module per dataset: where its examples come from and how they are split.
+
+  fashion_mnist   Fashion-MNIST from the original IDX files (tfds builder `fashion_mnist_idx`)
+  digits          scikit-learn's 8x8 digits, stratified 80/20 (tfds builder `digits_sklearn`)
+  image_records   what the offline image builders share: features, examples, channel stats
+
+Batching is not here: see `attn_jax.data.batcher` and its user `attn_jax.data.pipeline`.
+"""
