@@ -12,7 +12,8 @@ It only calls the public API that both implementations have (`data.make_dataset`
 digest is SHA-1 over its keys in sorted order, each key's name, dtype, shape and C-order bytes
 (`batch_digest`); a case's digest is SHA-1 over the digests of its batches at the listed steps, for
 each process layout (process_index, process_count). Resume cases advance an iterator, pin its
-`get_state()` and the digests of the next batches of a fresh iterator given that state.
+`get_state()` and the digests of the next batches of a fresh iterator given that state. On the
+same cases, host batches concatenated over 4 processes must equal the single-process batch.
 The values hold for the environment they were measured in (NumPy 2.4.6, Pillow 13.0.0, babel
 2.19.0, grain 0.2.18, CPython 3.11.7): a new NumPy bit generator, PIL resampler or CLDR release
 changes them without any change here; recompute them then on the commit before a data change.
@@ -345,6 +346,17 @@ def test_resume_matches_pre_refactor(data_dir, name):
     """Reference: the pre-refactor iterator state after k steps (so old checkpoints restore) and
     the batches a fresh iterator yields after set_state(state)."""
     assert resume_digest(data_dir, name) == STATES[name]
+
+
+@pytest.mark.parametrize("name", sorted(n for n in DIGESTS if HAS_FASHION or "fashion" not in n))
+def test_host_batches_concatenate_to_the_single_process_batch(data_dir, name):
+    """Reference: the single-process batch of each case; hosts 0..3 of 4 concatenated must equal
+    it key by key at the case's steps (augmentation, filler rows and masks included)."""
+    make, steps = cases(data_dir)[name]
+    whole, hosts = make(0, 1), [make(p, 4) for p in range(4)]
+    for s in (range(len(whole)) if steps is None else steps):
+        for key, value in whole[s].items():
+            np.testing.assert_array_equal(np.concatenate([h[s][key] for h in hosts]), value)
 
 
 def test_real_stdlib_lm_windows_match_pre_refactor(data_dir):
