@@ -20,9 +20,11 @@ import tensorflow_datasets as tfds
 from PIL import Image
 
 from attn_jax import data
-from attn_jax.data import offline, transforms
+from attn_jax.data import transforms
+from attn_jax.data.datasets import fashion_mnist
+from attn_jax.data.datasets.digits import digits_test_mask
 
-FASHION_DIR = pathlib.Path(offline.DEFAULT_FASHION_MNIST_DIR)
+FASHION_DIR = pathlib.Path(fashion_mnist.DEFAULT_FASHION_MNIST_DIR)
 needs_fashion = pytest.mark.skipif(
     not (FASHION_DIR / "train-images-idx3-ubyte.gz").is_file(),
     reason=f"Fashion-MNIST IDX files absent from {FASHION_DIR} (apt-get install dataset-fashion-mnist)")
@@ -133,7 +135,7 @@ def test_fashion_mnist_idx_matches_raw_bytes(data_dir):
         assert (magic, n, rows, cols, label_magic, label_n) == (2051, count, 28, 28, 2049, count)
         pixels = pixels.reshape(count, 28, 28, 1)
         labels_file = FASHION_DIR / f"{prefix}-labels-idx1-ubyte.gz"
-        np.testing.assert_array_equal(offline.read_idx(labels_file), labels)
+        np.testing.assert_array_equal(fashion_mnist.read_idx(labels_file), labels)
         np.testing.assert_array_equal(np.bincount(labels), np.full(10, count // 10))
         images, stored_labels = data.load_arrays("fashion_mnist_idx", split, data_dir)
         np.testing.assert_array_equal(images, pixels)  # stored in file order
@@ -167,18 +169,18 @@ def test_fashion_mnist_normalisation(data_dir):
 def test_read_idx_rejects_missing_and_corrupt_files(tmp_path):
     """Missing files name the path and the Debian package; corrupt ones raise ValueError."""
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
-        offline.read_idx(tmp_path / "train-images-idx3-ubyte.gz")
+        fashion_mnist.read_idx(tmp_path / "train-images-idx3-ubyte.gz")
     with pytest.raises(FileNotFoundError, match=r"apt-get install dataset-fashion-mnist.*source_dir"):
         data.prepare("fashion_mnist_idx", tmp_path / "tfds", source_dir=tmp_path / "nowhere")
     good = struct.pack(">BBBBI", 0, 0, 8, 1, 3) + bytes([1, 2, 3])
     (tmp_path / "ok.gz").write_bytes(gzip.compress(good))
-    np.testing.assert_array_equal(offline.read_idx(tmp_path / "ok.gz"), [1, 2, 3])
+    np.testing.assert_array_equal(fashion_mnist.read_idx(tmp_path / "ok.gz"), [1, 2, 3])
     corrupt = {"short.gz": gzip.compress(good[:-1]), "magic.gz": gzip.compress(b"\x01" + good[1:]),
                "notgzip.gz": good, "truncated.gz": gzip.compress(good)[:-6]}
     for name, content in corrupt.items():
         (tmp_path / name).write_bytes(content)
         with pytest.raises(ValueError, match=str(tmp_path / name)):
-            offline.read_idx(tmp_path / name)
+            fashion_mnist.read_idx(tmp_path / name)
 
 
 # --- scikit-learn digits ---
@@ -189,7 +191,7 @@ def test_digits_split(data_dir):
     from sklearn.datasets import load_digits
 
     digits = load_digits()
-    test = offline.digits_test_mask(digits.target)
+    test = digits_test_mask(digits.target)
     np.testing.assert_array_equal(np.bincount(digits.target[test]), np.bincount(digits.target) // 5)
     for split, rows in (("train", ~test), ("test", test)):
         images, labels = data.load_arrays("digits_sklearn", split, data_dir)

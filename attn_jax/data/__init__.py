@@ -6,9 +6,10 @@
     batch = next(it)   # {'image': f32 [128 // hosts, 28, 28, 1], 'label': i32 [..], 'mask': f32 [..]}
 """
 
-from attn_jax.data.offline import OFFLINE_BUILDERS, read_idx
+from attn_jax.data.datasets.fashion_mnist import read_idx
 from attn_jax.data.pipeline import make_dataset, make_iterator
-from attn_jax.data.sources import ImageDatasetInfo, dataset_info, load_arrays, prepare
+from attn_jax.data.sources import (OFFLINE_BUILDERS, ImageDatasetInfo, dataset_info, load_arrays,
+                                   prepare)
 
 __all__ = [
     "OFFLINE_BUILDERS",

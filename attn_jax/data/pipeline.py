@@ -1,10 +1,12 @@
 """grain pipelines yielding host-local image batches for training and evaluation.
 
-Sharding happens at the level of the global batch: every host builds the same global batch of
-example indices (shuffled with the seed, reshuffled each epoch) and draws the same augmentation
-parameters for all of it, then materialises only its own rows [p * b : (p + 1) * b], where
-b = global_batch_size / process_count. Host batches concatenated over processes are therefore
-exactly the single-process global batch: a run does not depend on how many hosts feed it.
+The batching is `attn_jax.data.batcher`'s: every host builds the same global batch of example
+indices (train: order 'epochs', shuffled with the seed, reshuffled each epoch, remainder
+dropped) and draws the same augmentation parameters for all of it, then materialises only its
+own rows [p * b : (p + 1) * b], where b = global_batch_size / process_count. Host batches
+concatenated over processes are therefore exactly the single-process global batch: a run does
+not depend on how many hosts feed it. This module adds the image reading, resizing,
+augmentation and normalisation (the collate step).
 
 Every element is {'image': float32 [b, h, w, c], 'label': int32 [b], 'mask': float32 [b]}; the
 mask is 1 for real examples and 0 for the padding that fills the last eval batch.
@@ -20,7 +22,7 @@ from collections.abc import Sequence
 import grain
 import numpy as np
 
-from attn_jax.data import sources, transforms
+from attn_jax.data import batcher, sources, transforms
 
 _RRC_ATTEMPTS = 10  # proposals per example for the Inception crop, as in torchvision
 
@@ -29,41 +31,6 @@ def _derived_seeds(seed: int) -> tuple[int, int]:
     """(shuffle seed, augmentation seed), hashed from the user's seed (any int)."""
     shuffle_seed, augment_seed = np.random.SeedSequence(seed).generate_state(2)
     return int(shuffle_seed), int(augment_seed)
-
-
-@functools.lru_cache(maxsize=4)
-def _epoch_permutation(num_examples: int, seed: int, epoch: int) -> np.ndarray:
-    """The example order of one epoch: computed once per epoch, vectorised (grain's per-index
-    shuffle costs ~40 us per example in Python, a whole second per Fashion-MNIST epoch)."""
-    order = np.random.default_rng([seed, epoch]).permutation(num_examples)
-    order.flags.writeable = False
-    return order
-
-
-def _train_indices(step: int, _: int, *, num_examples: int, batch_size: int, seed: int):
-    epoch, i = divmod(step, num_examples // batch_size)
-    indices = _epoch_permutation(num_examples, seed, epoch)[i * batch_size:(i + 1) * batch_size]
-    return indices, np.ones(batch_size, np.float32)
-
-
-def _eval_indices(step: int, *, num_examples: int, batch_size: int):
-    indices = np.arange(step * batch_size, (step + 1) * batch_size)
-    mask = (indices < num_examples).astype(np.float32)
-    return np.where(mask > 0, indices, 0), mask
-
-
-def _index_batches(num_examples: int, global_batch_size: int, train: bool, seed: int) -> grain.MapDataset:
-    """Element s is (indices int64 [global_batch_size], mask float32 [global_batch_size]) of step s.
-
-    train: a fresh permutation every epoch, the remainder dropped, repeated forever.
-    eval: one pass in order; the last batch is padded with index 0 and mask 0.
-    """
-    if train:
-        fn = functools.partial(_train_indices, num_examples=num_examples, batch_size=global_batch_size,
-                               seed=_derived_seeds(seed)[0])
-        return grain.MapDataset.range(num_examples // global_batch_size).repeat().map_with_index(fn)
-    fn = functools.partial(_eval_indices, num_examples=num_examples, batch_size=global_batch_size)
-    return grain.MapDataset.range(-(-num_examples // global_batch_size)).map(fn)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,16 +57,16 @@ class _Normalize:
 
 
 @dataclasses.dataclass(frozen=True)
-class _FixedSizeBatcher:
+class _FixedSizeCollate:
     """Host batch of same-size images: one gather, then resize, pad-crop and flip.
 
     images is the whole split in memory (uint8 [n, h, w, c], already at image_size) or, for a
     split too large for memory, a tfds data source whose batches are read and resized per step.
+    Filler rows of the last eval batch hold example 0 (mask 0).
     """
 
     images: np.ndarray | Sequence[dict] = dataclasses.field(repr=False)
     labels: np.ndarray | None = dataclasses.field(repr=False)
-    rows: slice
     normalize: _Normalize
     crop_padding: int = 0
     flip: bool = False
@@ -107,14 +74,20 @@ class _FixedSizeBatcher:
     resize: str = "bilinear"
     keys: tuple[str, str] = ("image", "label")
 
-    def __call__(self, batch: tuple[np.ndarray, np.ndarray], rng: np.random.Generator | None = None) -> dict:
-        indices, mask = batch
-        offsets = flips = None
-        augment = rng is not None and (self.crop_padding > 0 or self.flip)
-        if augment:  # drawn for the whole global batch so that every host draws the same
-            offsets = rng.integers(0, 2 * self.crop_padding + 1, (len(indices), 2))
-            flips = rng.random(len(indices)) < 0.5 if self.flip else np.zeros(len(indices), bool)
-        indices, mask = indices[self.rows], mask[self.rows]
+    @property
+    def augments(self) -> bool:
+        """Whether training batches are pad-cropped or flipped (then `draw` is needed)."""
+        return self.crop_padding > 0 or self.flip
+
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(offsets int64 [n, 2] in [0, 2 * crop_padding], flips bool [n]) of a global batch."""
+        offsets = rng.integers(0, 2 * self.crop_padding + 1, (n, 2))
+        flips = rng.random(n) < 0.5 if self.flip else np.zeros(n, bool)
+        return offsets, flips
+
+    def __call__(self, batch: batcher.IndexBatch, drawn: tuple[np.ndarray, ...] | None = None
+                 ) -> batcher.Batch:
+        indices = batch.indices
         if isinstance(self.images, np.ndarray):
             images, labels = self.images[indices], self.labels[indices]
         else:
@@ -123,49 +96,49 @@ class _FixedSizeBatcher:
             labels = np.asarray([e[self.keys[1]] for e in examples], np.int32)
             if self.image_size is not None:
                 images = transforms.resize_images(images, self.image_size, self.resize)
-        if augment:
-            images = transforms.random_crop_flip(
-                images, offsets[self.rows], flips[self.rows], self.crop_padding)
-        return {"image": self.normalize(images), "label": labels, "mask": mask}
+        if drawn is not None:
+            images = transforms.random_crop_flip(images, *drawn, self.crop_padding)
+        return {"image": self.normalize(images), "label": labels}
 
 
 @dataclasses.dataclass(frozen=True)
-class _VariableSizeBatcher:
+class _VariableSizeCollate:
     """Host batch of images of varying size (ImageNet): decode, crop to image_size, flip.
 
-    train: Inception crop + random flip; eval: centre crop of 0.875 of the shorter side. Padding
-    rows of the last eval batch are not read; they are zeros before normalisation.
+    train (drawn given): Inception crop + random flip; eval: centre crop of 0.875 of the shorter
+    side. Filler rows of the last eval batch are not read; they are zeros before normalisation.
     """
 
     source: Sequence[dict]
-    rows: slice
     normalize: _Normalize
     image_size: int
     channels: int
     flip: bool = True
     keys: tuple[str, str] = ("image", "label")
 
-    def __call__(self, batch: tuple[np.ndarray, np.ndarray], rng: np.random.Generator | None = None) -> dict:
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """(crop uniforms [n, attempts, 4] in [0, 1), flips bool [n]) of a global batch."""
+        uniforms = rng.random((n, _RRC_ATTEMPTS, 4))
+        return uniforms, (rng.random(n) < 0.5) & self.flip
+
+    def __call__(self, batch: batcher.IndexBatch, drawn: tuple[np.ndarray, ...] | None = None
+                 ) -> batcher.Batch:
         indices, mask = batch
-        if rng is not None:
-            uniforms = rng.random((len(indices), _RRC_ATTEMPTS, 4))[self.rows]
-            flips = (rng.random(len(indices)) < 0.5)[self.rows] & self.flip
-        indices, mask = indices[self.rows], mask[self.rows]
         images = np.zeros((len(indices), self.image_size, self.image_size, self.channels), np.uint8)
         labels = np.zeros(len(indices), np.int32)
         real = np.flatnonzero(mask)
         for j, example in zip(real, self.source.__getitems__(indices[real].tolist())):
             image = example[self.keys[0]]
             h, w = image.shape[:2]
-            if rng is None:
+            if drawn is None:
                 box = transforms.center_crop_box(h, w)
             else:
-                box = transforms.random_resized_crop_box(h, w, uniforms[j])
+                box = transforms.random_resized_crop_box(h, w, drawn[0][j])
             images[j] = transforms.crop_resize(image, box, self.image_size)
             labels[j] = example[self.keys[1]]
-        if rng is not None:
-            images = np.where(flips[:, None, None, None], images[:, :, ::-1], images)
-        return {"image": self.normalize(images), "label": labels, "mask": mask}
+        if drawn is not None:
+            images = np.where(drawn[1][:, None, None, None], images[:, :, ::-1], images)
+        return {"image": self.normalize(images), "label": labels}
 
 
 @functools.lru_cache(maxsize=4)
@@ -201,14 +174,8 @@ def make_dataset(name: str, split: str, *, global_batch_size: int, train: bool, 
       normalize: True/'mean_std' ((x - mean) / std with the train split's per-channel stats),
         'minus_one_one' ([0, pixel_max] -> [-1, 1]) or False/'none' (float pixel values).
     """
-    if global_batch_size <= 0 or process_count <= 0 or global_batch_size % process_count:
-        raise ValueError(f"global_batch_size={global_batch_size} must be a positive multiple of "
-                         f"process_count={process_count}")
-    if not 0 <= process_index < process_count:
-        raise ValueError(f"process_index={process_index} must lie in [0, process_count={process_count})")
+    rows = batcher.host_rows(global_batch_size, process_index, process_count)
     info = sources.dataset_info(name, data_dir)
-    local = global_batch_size // process_count
-    rows = slice(process_index * local, (process_index + 1) * local)
     norm = _Normalize.create(normalize, info)
     keys = (info.image_key, info.label_key)
     if info.fixed_size:
@@ -219,11 +186,12 @@ def make_dataset(name: str, split: str, *, global_batch_size: int, train: bool, 
         if sources.fits_in_memory(info, split):
             images, labels = _resized_arrays(name, split, str(sources.resolve_data_dir(data_dir)),
                                              image_size, resize)
-            batcher = _FixedSizeBatcher(images, labels, rows, norm, crop_padding, flip)
+            collate = _FixedSizeCollate(images, labels, norm, crop_padding, flip)
         else:
-            images, labels = sources.data_source(name, split, data_dir), None
-            batcher = _FixedSizeBatcher(images, None, rows, norm, crop_padding, flip,
-                                        image_size, resize, keys)
+            images = sources.data_source(name, split, data_dir)
+            collate = _FixedSizeCollate(images, None, norm, crop_padding, flip, image_size, resize,
+                                        keys)
+        augment = train and collate.augments
     else:
         if image_size is None:
             raise ValueError(f"{name} images vary in size {info.image_shape}: pass image_size")
@@ -231,15 +199,18 @@ def make_dataset(name: str, split: str, *, global_batch_size: int, train: bool, 
             raise ValueError(f"crop_padding={crop_padding} needs fixed-size images; {name} images "
                              f"vary in size {info.image_shape} and get the Inception crop instead")
         images = sources.data_source(name, split, data_dir)
-        batcher = _VariableSizeBatcher(images, rows, norm, image_size, info.image_shape[2],
+        collate = _VariableSizeCollate(images, norm, image_size, info.image_shape[2],
                                        True if flip is None else flip, keys)
+        augment = train
     if train and len(images) < global_batch_size:
         raise ValueError(f"{name} {split} has {len(images)} examples, fewer than one global batch "
                          f"of {global_batch_size}")
-    batches = _index_batches(len(images), global_batch_size, train, seed)
-    if train:
-        return batches.random_map(batcher, seed=_derived_seeds(seed)[1])
-    return batches.map(batcher)
+    shuffle_seed, augment_seed = _derived_seeds(seed)
+    steps = batcher.index_batches(len(images), global_batch_size, train=train, seed=shuffle_seed,
+                                  order="epochs")
+    if augment:
+        return batcher.host_batches(steps, collate, rows, draw=collate.draw, seed=augment_seed)
+    return batcher.host_batches(steps, collate, rows)
 
 
 def make_iterator(name: str, split: str, *, global_batch_size: int, train: bool, seed: int = 0,
@@ -261,5 +232,4 @@ def make_iterator(name: str, split: str, *, global_batch_size: int, train: bool,
         in_memory = sources.fits_in_memory(sources.dataset_info(name, data_dir), split)
         num_threads = 2 if in_memory else os.cpu_count() or 8
     # Each thread prepares one whole batch; the buffer bounds host memory to that many batches.
-    options = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=max(num_threads, 2))
-    return iter(ds.to_iter_dataset(options))
+    return batcher.batch_iterator(ds, prefetch=max(num_threads, 2), num_threads=num_threads)

@@ -19,7 +19,15 @@ import numpy as np
 import tensorflow_datasets as tfds
 from etils import epath
 
-from attn_jax.data.offline import OFFLINE_BUILDERS, channel_stats, chunks
+from attn_jax.data.datasets.digits import DigitsSklearn
+from attn_jax.data.datasets.fashion_mnist import FashionMnistIdx
+from attn_jax.data.datasets.image_records import channel_stats, chunks
+
+# Datasets built from files on this machine (no download): name -> tfds builder.
+OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
+    "fashion_mnist_idx": FashionMnistIdx,
+    "digits_sklearn": DigitsSklearn,
+}
 
 # A split whose decoded images exceed this is streamed from disk rather than held in memory.
 MAX_IN_MEMORY_BYTES = 4 << 30

@@ -1,14 +1,7 @@
-"""Offline image sources built into tfds ArrayRecord datasets, with no TensorFlow.
+"""Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747) from the original IDX files.
 
-* `fashion_mnist_idx`: Fashion-MNIST (Xiao, Rasul & Vollgraf 2017, arXiv:1708.07747) from the
-  original IDX files, e.g. those of the Debian package `dataset-fashion-mnist`.
-* `digits_sklearn`: the 8x8 digits shipped with scikit-learn (the UCI optdigits test set, 1797
-  images, pixel values 0..16) with a fixed stratified 80/20 train/test split.
-
-Images are stored as raw uint8 bytes (`Encoding.BYTES`: no TF encoder, 5x faster to build than
-int64 lists) in file order (`disable_shuffling`), so record i is example i of the source. The
-per-channel mean/std of the train split are measured at build time and stored in the dataset's
-`metadata.json`.
+The tfds builder `fashion_mnist_idx` (60000 train / 10000 test, 28x28x1 uint8, 10 classes) reads
+the four `*-ubyte.gz` files, e.g. those of the Debian package `dataset-fashion-mnist`, offline.
 """
 
 from __future__ import annotations
@@ -18,10 +11,12 @@ import math
 import os
 import pathlib
 import zlib
-from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from attn_jax.data.datasets.image_records import (channel_stats, chunks, image_features,
+                                                  indexed_examples)
 
 FASHION_MNIST_DIR_ENV = "FASHION_MNIST_DIR"
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -89,44 +84,6 @@ def read_fashion_mnist(source_dir: str | os.PathLike, split: str) -> tuple[np.nd
     return images[..., None], labels
 
 
-def digits_test_mask(labels: np.ndarray) -> np.ndarray:
-    """Deterministic stratified split of the sklearn digits: within each class, in file order,
-    every 5th example (ranks 4, 9, ...) is a test example. labels [n] -> bool [n]."""
-    mask = np.zeros(labels.shape, bool)
-    for c in np.unique(labels):
-        mask[np.flatnonzero(labels == c)[4::5]] = True
-    return mask
-
-
-def channel_stats(batches: Iterable[np.ndarray]) -> dict[str, list[float]]:
-    """Per-channel mean and standard deviation, in pixel units, of pixels given as arrays
-    [..., channels] (image batches, or single images of varying size)."""
-    total = total_sq = 0.0
-    count = 0
-    for x in batches:
-        x = x.reshape(-1, x.shape[-1]).astype(np.float64)
-        total, total_sq, count = total + x.sum(0), total_sq + np.square(x).sum(0), count + len(x)
-    mean = total / count
-    return {"mean": mean.tolist(), "std": np.sqrt(np.maximum(total_sq / count - mean**2, 0.0)).tolist()}
-
-
-def chunks(array: np.ndarray, size: int = 8192) -> Iterator[np.ndarray]:
-    """array[0:size], array[size:2 size], ...: bounds the float64 temporaries of channel_stats."""
-    return (array[start:start + size] for start in range(0, len(array), size))
-
-
-def _features(shape: tuple[int, int, int], class_names: tuple[str, ...]) -> tfds.features.FeaturesDict:
-    return tfds.features.FeaturesDict({
-        "image": tfds.features.Tensor(shape=shape, dtype=np.uint8, encoding=tfds.features.Encoding.BYTES),
-        "label": tfds.features.ClassLabel(names=class_names),
-    })
-
-
-def _examples(images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, dict]]:
-    for i, (image, label) in enumerate(zip(images, labels)):
-        yield i, {"image": image, "label": int(label)}
-
-
 class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Fashion-MNIST (60000 train / 10000 test, 28x28x1 uint8, 10 classes) from IDX files."""
 
@@ -141,7 +98,8 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _info(self) -> tfds.core.DatasetInfo:
         return tfds.core.DatasetInfo(
             builder=self, description="Fashion-MNIST read from the original IDX files.",
-            features=_features((28, 28, 1), FASHION_MNIST_CLASSES), supervised_keys=("image", "label"),
+            features=image_features((28, 28, 1), FASHION_MNIST_CLASSES),
+            supervised_keys=("image", "label"),
             homepage="https://github.com/zalandoresearch/fashion-mnist", disable_shuffling=True,
             citation="Xiao, Rasul, Vollgraf. Fashion-MNIST. arXiv:1708.07747, 2017.",
             metadata=tfds.core.MetadataDict(pixel_max=255))
@@ -153,45 +111,5 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: self._generate_examples(*arrays) for split, arrays in splits.items()}
 
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
-        return _examples(images, labels)
+        return indexed_examples(images, labels)
 
-
-class DigitsSklearn(tfds.core.GeneratorBasedBuilder, skip_registration=True):
-    """scikit-learn digits (8x8x1, values 0..16, 10 classes): 1442 train / 355 test, stratified."""
-
-    VERSION = tfds.core.Version("1.0.0")
-    RELEASE_NOTES = {"1.0.0": "sklearn.datasets.load_digits; test = every 5th example of each class."}
-
-    def __init__(self, *, source_dir: str | os.PathLike | None = None, **kwargs):
-        del source_dir  # the data ship inside scikit-learn
-        super().__init__(**kwargs)
-
-    def _info(self) -> tfds.core.DatasetInfo:
-        return tfds.core.DatasetInfo(
-            builder=self, description="The 8x8 digits of scikit-learn (UCI optdigits test set).",
-            features=_features((8, 8, 1), tuple(str(d) for d in range(10))),
-            supervised_keys=("image", "label"), disable_shuffling=True,
-            homepage="https://archive.ics.uci.edu/dataset/80",
-            citation="Alpaydin, Kaynak. Optical Recognition of Handwritten Digits. UCI, 1998.",
-            metadata=tfds.core.MetadataDict(pixel_max=16))
-
-    def _split_generators(self, dl_manager):
-        del dl_manager
-        from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
-
-        digits = load_digits()
-        images = digits.images.astype(np.uint8)[..., None]
-        labels = digits.target.astype(np.int64)
-        test = digits_test_mask(labels)
-        self.info.metadata.update(channel_stats(chunks(images[~test])))
-        return {"train": self._generate_examples(images[~test], labels[~test]),
-                "test": self._generate_examples(images[test], labels[test])}
-
-    def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
-        return _examples(images, labels)
-
-
-OFFLINE_BUILDERS: dict[str, type[tfds.core.GeneratorBasedBuilder]] = {
-    "fashion_mnist_idx": FashionMnistIdx,
-    "digits_sklearn": DigitsSklearn,
-}
