@@ -40,3 +40,28 @@ def seq2seq_dataset(pairs: Sequence[tuple[str, str]], src_tokenizer: Tokenizer,
     return batcher.batched_dataset(len(pairs), global_batch_size, collate, train=train, seed=seed,
                                    order="stream", process_index=process_index,
                                    process_count=process_count)
+
+
+def image_text_dataset(pairs: Sequence[tuple[np.ndarray, str]], tokenizer: Tokenizer, *,
+                       global_batch_size: int, max_tgt_len: int, seed: int = 0,
+                       train: bool = True, process_index: int | None = None,
+                       process_count: int | None = None) -> grain.MapDataset:
+    """Batches {'inputs': float32 [b_local, h, w, c], 'targets': int32 [b_local, max_tgt_len],
+    'mask'} of (image, text) pairs (a captioning source); filler rows are zeros. Train: order
+    'epochs' of `batcher.index_batches`."""
+    if not len(pairs):
+        raise ValueError("image_text_dataset needs at least one (image, text) pair")
+    shape = np.shape(pairs[0][0])
+
+    def collate(batch: batcher.IndexBatch) -> batcher.Batch:
+        real = [pairs[i] for i in batch.real()]  # filler rows come last
+        inputs = np.zeros((len(batch.indices), *shape), np.float32)
+        targets = np.zeros((len(batch.indices), max_tgt_len), np.int32)
+        if real:
+            inputs[:len(real)] = np.stack([image for image, _ in real])
+            targets[:len(real)] = tokenizer.encode_batch([t for _, t in real], max_tgt_len)
+        return {"inputs": inputs, "targets": targets}
+
+    return batcher.batched_dataset(len(pairs), global_batch_size, collate, train=train, seed=seed,
+                                   order="epochs", process_index=process_index,
+                                   process_count=process_count)

@@ -26,7 +26,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
-from attn_jax.data import text as text_metrics  # moves to attn_jax.eval.text_metrics
+from attn_jax.eval import text_metrics
 from attn_jax.train import sharding as shd
 from attn_jax.train.config import parse_section
 

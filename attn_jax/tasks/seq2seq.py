@@ -25,17 +25,17 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import jax.numpy as jnp
-import numpy as np
 
 from attn_jax import decoding
 from attn_jax.data import text
+from attn_jax.data.datasets.digits import digits_words
+from attn_jax.data.seq2seq import image_text_dataset
 from attn_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
 from attn_jax.models.protocols import EncoderDecoderModel, check_implements
 from attn_jax.losses import cross_entropy_with_label_smoothing
 from attn_jax.tasks.sequence import SequenceTask, TokenizerConfig
 
 DATASETS = ("dates", "wmt14_de_en", "digits_words")
-DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,7 +123,7 @@ class Seq2SeqTask(SequenceTask):
                     int(cfg.train_size), int(cfg.validation_size), int(cfg.test_size),
                     int(cfg.seed), **kw))
             elif self.dataset == "digits_words":
-                self._pairs.update(_digits_words(int(cfg.seed)))
+                self._pairs.update(digits_words(int(cfg.seed)))
             else:
                 name = cfg.train_split if split == "train" else split
                 self._pairs[split] = text.load_wmt14(
@@ -149,9 +149,9 @@ class Seq2SeqTask(SequenceTask):
     def _dataset(self, pairs, train: bool, seed: int, process_index: int, process_count: int):
         batch = int(self.config.batch_size)
         if self.image_source:
-            return _image_text_dataset(pairs, self.tokenizer, global_batch_size=batch,
-                                       max_tgt_len=self.max_tgt_len, seed=seed, train=train,
-                                       process_index=process_index, process_count=process_count)
+            return image_text_dataset(pairs, self.tokenizer, global_batch_size=batch,
+                                      max_tgt_len=self.max_tgt_len, seed=seed, train=train,
+                                      process_index=process_index, process_count=process_count)
         return text.seq2seq_dataset(
             pairs, self.tokenizer, self.tokenizer, global_batch_size=batch,
             max_src_len=self.max_src_len, max_tgt_len=self.max_tgt_len, seed=seed, train=train,
@@ -235,43 +235,3 @@ class Seq2SeqTask(SequenceTask):
         predict = jax.jit(self.predict_tokens_fn(max_len or self.max_tgt_len, beam_size, alpha))
         batches = self._dataset(pairs, False, 0, jax.process_index(), jax.process_count())
         return predict_texts(self, params, batches, predict, len(pairs), mesh)
-
-
-def _digits_words(seed: int) -> dict[str, list[tuple[np.ndarray, str]]]:
-    """The sklearn digits as (image float32 [8, 8, 1] in [0, 1], word) pairs: the stratified
-    test split of `attn_jax.data.offline.digits_test_mask`, and a seeded tenth of the rest as
-    validation."""
-    from sklearn.datasets import load_digits
-
-    from attn_jax.data.offline import digits_test_mask
-
-    digits = load_digits()
-    images = (digits.images / 16.0).astype(np.float32)[..., None]
-    labels = digits.target
-    test = digits_test_mask(labels)
-    rest = np.flatnonzero(~test)
-    order = np.random.default_rng(seed).permutation(rest)
-    validation = np.zeros(len(labels), bool)
-    validation[order[: len(rest) // 10]] = True
-    split_of = {"test": test, "validation": validation, "train": ~test & ~validation}
-    return {name: [(images[i], DIGIT_WORDS[labels[i]]) for i in np.flatnonzero(mask)]
-            for name, mask in split_of.items()}
-
-
-def _image_text_dataset(pairs, tokenizer, *, global_batch_size: int, max_tgt_len: int, seed: int,
-                        train: bool, process_index: int, process_count: int):
-    """Batches {'inputs': float32 [b_local, h, w, c], 'targets': int32 [b_local, max_tgt_len],
-    'mask'} from (image, text) pairs, through the shared batcher."""
-    shape = np.shape(pairs[0][0]) if len(pairs) else (8, 8, 1)
-
-    def collate(indices):
-        real = [pairs[i] for i in indices if i is not None]  # filler rows come last
-        inputs = np.zeros((len(indices), *shape), np.float32)
-        targets = np.zeros((len(indices), max_tgt_len), np.int32)
-        if real:
-            inputs[:len(real)] = np.stack([im for im, _ in real])
-            targets[:len(real)] = tokenizer.encode_batch([t for _, t in real], max_tgt_len)
-        return {"inputs": inputs, "targets": targets}
-
-    return text._batched(len(pairs), global_batch_size, collate, train=train, seed=seed,
-                         process_index=process_index, process_count=process_count)

@@ -150,7 +150,7 @@ def attention_maps(workdir: str, text: str, out: str | None = None, step: int | 
                          f"{model.config.max_len}")
     inputs = jnp.asarray([src], jnp.int32)
     params = jax.tree.map(jnp.asarray, params)
-    greedy = functools.partial(decoding.decode, model, max_len=task.max_decode_len, eos_id=EOS_ID)
+    greedy = functools.partial(decoding.decode, model, max_len=task.max_tgt_len, eos_id=EOS_ID)
     out_ids = np.asarray(jax.jit(greedy)(params, inputs))[0].tolist()
     length = out_ids.index(EOS_ID) + 1 if EOS_ID in out_ids else len(out_ids)
     targets = jnp.asarray([out_ids[:length]], jnp.int32)

@@ -55,3 +55,24 @@ class DigitsSklearn(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
         return indexed_examples(images, labels)
 
+
+
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+
+
+def digits_words(seed: int = 0) -> dict[str, list[tuple[np.ndarray, str]]]:
+    """The sklearn digits as (image float32 [8, 8, 1] in [0, 1], English word) pairs, an
+    offline image -> text task: `digits_test_mask`'s test split, and a seeded tenth of the rest
+    as validation."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    images = (digits.images / 16.0).astype(np.float32)[..., None]
+    labels = digits.target
+    test = digits_test_mask(labels)
+    rest = np.flatnonzero(~test)
+    validation = np.zeros(len(labels), bool)
+    validation[np.random.default_rng(seed).permutation(rest)[: len(rest) // 10]] = True
+    split_of = {"test": test, "validation": validation, "train": ~test & ~validation}
+    return {name: [(images[i], DIGIT_WORDS[labels[i]]) for i in np.flatnonzero(mask)]
+            for name, mask in split_of.items()}
