@@ -457,21 +457,29 @@ class MultiHeadAttention(nn.Module):
     def __call__(
         self,
         inputs_q: Array,
+        inputs_k: Array | None = None,
+        inputs_v: Array | None = None,
+        *,
         inputs_kv: Array | None = None,
         mask: Array | None = None,
-        *,
         bias: Array | None = None,
         is_causal: bool = False,
         deterministic: bool = True,
         return_weights: bool = False,
         positions: Array | None = None,
     ) -> Array | tuple[Array, Array]:
-        """Self-attention when `inputs_kv` is None, cross-attention otherwise.
+        """Self-attention when `inputs_k` is None, else attention over `inputs_k` / `inputs_v`.
+
+        As `flax.linen.MultiHeadDotProductAttention`: `mha(x)` is self-attention, `mha(x, kv)`
+        cross-attention with keys and values from `kv`, and `mha(x, k, v)` takes them from two
+        inputs (DETR adds positions to the keys only).
 
         Args:
           inputs_q: `[batch, q_len, features]`.
-          inputs_kv: `[batch, kv_len, kv_features]` or None.
-          mask, bias, is_causal: as in `dot_product_attention`.
+          inputs_k: `[batch, kv_len, k_features]` or None (= inputs_q).
+          inputs_v: `[batch, kv_len, v_features]` or None (= inputs_k).
+          inputs_kv: keyword alias of `inputs_k` with `inputs_v` None (keys and values).
+          mask, bias, is_causal: as in `dot_product_attention` (keyword only).
           deterministic: disables dropout.
           return_weights: also return the weights `[batch, heads, q_len, kv_len]`.
           positions: RoPE positions `[batch, q_len]` or `[q_len]`; default `arange(q_len)`
@@ -480,17 +488,34 @@ class MultiHeadAttention(nn.Module):
         Returns:
           `[batch, q_len, out_features]`, or (output, weights) when `return_weights`.
         """
-        self_attention = inputs_kv is None
-        inputs_kv = inputs_q if self_attention else inputs_kv
-        if inputs_q.ndim != 3 or inputs_kv.ndim != 3:
+        if inputs_kv is not None:
+            if inputs_k is not None or inputs_v is not None:
+                raise ValueError("pass keys and values as inputs_k / inputs_v or as inputs_kv, "
+                                 "not both")
+            inputs_k = inputs_kv
+        if inputs_k is None and inputs_v is not None:
+            raise ValueError(
+                f"inputs_v of shape {jnp.shape(inputs_v)} needs inputs_k (keys) as well"
+            )
+        self_attention = inputs_k is None
+        inputs_k = inputs_q if self_attention else inputs_k
+        inputs_v = inputs_k if inputs_v is None else inputs_v
+        if inputs_q.ndim != 3 or inputs_k.ndim != 3 or inputs_v.ndim != 3:
             raise ValueError(
                 "MultiHeadAttention expects inputs [batch, length, features], got inputs_q "
-                f"{inputs_q.shape} and inputs_kv {inputs_kv.shape}"
+                f"{inputs_q.shape}, inputs_k {inputs_k.shape} and inputs_v {inputs_v.shape} "
+                "(mask, bias and the rest are keyword arguments)"
+            )
+        if inputs_k.shape[:2] != inputs_v.shape[:2] or inputs_k.shape[0] != inputs_q.shape[0]:
+            raise ValueError(
+                "inputs_k and inputs_v need the same [batch, kv_len], and the batch of inputs_q; "
+                f"got inputs_q {inputs_q.shape}, inputs_k {inputs_k.shape}, inputs_v "
+                f"{inputs_v.shape}"
             )
         if (self.decode or self.use_rope) and not self_attention:
             raise ValueError(
-                "decode and use_rope apply to self-attention only; got inputs_kv of shape "
-                f"{inputs_kv.shape} (cross-attention keys need neither a cache nor positions: "
+                "decode and use_rope apply to self-attention only; got inputs_k of shape "
+                f"{inputs_k.shape} (cross-attention keys need neither a cache nor positions: "
                 "compute them once from the encoder output)"
             )
         kv_heads = self.num_kv_heads or self.num_heads
@@ -508,9 +533,9 @@ class MultiHeadAttention(nn.Module):
         query = self._dense((self.num_heads, head_dim), -1, ("embed", "heads", "kv"), "query")(
             inputs_q
         )
-        key = self._dense((kv_heads, head_dim), -1, ("embed", "kv_heads", "kv"), "key")(inputs_kv)
+        key = self._dense((kv_heads, head_dim), -1, ("embed", "kv_heads", "kv"), "key")(inputs_k)
         value = self._dense((kv_heads, head_dim), -1, ("embed", "kv_heads", "kv"), "value")(
-            inputs_kv
+            inputs_v
         )
         if self.normalize_qk:
             query, key = self._qk_norm("query_ln")(query), self._qk_norm("key_ln")(key)

@@ -445,3 +445,36 @@ def test_out_kernel_init_applies_to_w_o_only():
     assert not np.any(np.asarray(params["out"]["kernel"]))
     assert np.all(np.abs(np.asarray(params["query"]["kernel"])).sum() > 0)
     np.testing.assert_array_equal(mha.apply({"params": params}, x), 0.0)
+
+
+def test_separate_keys_and_values_match_flax():
+    """Reference: flax.linen.MultiHeadDotProductAttention(inputs_q, inputs_k, inputs_v) with the
+    same parameters (keys and values of different widths, as DETR's keys = memory + positions).
+    `mha(x, kv)`, `mha(x, kv, kv)` and `mha(x, inputs_kv=kv)` agree."""
+    keys, values = normal(1, (B, 5, 6)), normal(2, (B, 5, 3))
+    mask = attention_mask_from_padding(jnp.ones((B, 7), bool), padding_mask(jnp.array([3, 5]), 5))
+    ours = MultiHeadAttention(num_heads=4, qkv_features=8)
+    params = nn.unbox(ours.init(jax.random.key(0), X, keys, values, mask=mask))["params"]
+    assert params["key"]["kernel"].shape == (6, 4, 2)
+    assert params["value"]["kernel"].shape == (3, 4, 2)
+    leaves, tree = jax.tree.flatten(params)
+    params = tree.unflatten([p + 0.1 * normal(i, p.shape) for i, p in enumerate(leaves)])
+    out = ours.apply({"params": params}, X, keys, values, mask=mask)
+    theirs = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=8)
+    expected = theirs.apply({"params": params}, X, keys, values, mask=mask)
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+
+    kv = normal(3, (B, 5, 6))
+    p2 = nn.unbox(ours.init(jax.random.key(0), X, kv))["params"]
+    one = ours.apply({"params": p2}, X, kv)
+    np.testing.assert_array_equal(ours.apply({"params": p2}, X, kv, kv), one)
+    np.testing.assert_array_equal(ours.apply({"params": p2}, X, inputs_kv=kv), one)
+    with pytest.raises(ValueError, match=r"inputs_v of shape \(2, 5, 3\) needs inputs_k"):
+        ours.apply({"params": params}, X, None, values)
+    with pytest.raises(ValueError, match="not both"):
+        ours.apply({"params": p2}, X, kv, inputs_kv=kv)
+    with pytest.raises(ValueError, match=r"same \[batch, kv_len\].*inputs_v \(2, 4, 3\)"):
+        ours.apply({"params": params}, X, keys, values[:, :4])
+    with pytest.raises(ValueError, match="mask, bias and the rest are keyword arguments"):
+        ours.apply({"params": p2}, X, kv, mask)  # the old positional mask is refused
+
