@@ -8,6 +8,8 @@ elsewhere.
 
 from __future__ import annotations
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,8 +21,10 @@ from jax.sharding import PartitionSpec as P
 from attn_jax.attention import (
     MultiHeadAttention,
     attention_mask_from_padding,
+    attention_platform,
     causal_mask,
     combine_masks,
+    current_attention_platform,
     dot_product_attention,
     padding_mask,
     padding_mask_from_ids,
@@ -478,3 +482,71 @@ def test_separate_keys_and_values_match_flax():
     with pytest.raises(ValueError, match="mask, bias and the rest are keyword arguments"):
         ours.apply({"params": p2}, X, kv, mask)  # the old positional mask is refused
 
+
+# --- which implementation ran, and why -------------------------------------------------------
+
+
+def _records(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "attn_jax.attention"]
+
+
+def test_automatic_choice_logs_the_refused_fast_path(caplog):
+    """implementation=None says in one line per trace what ran and why: dropout forces the
+    reference path; 'cudnn' is refused on a CPU platform (bfloat16, head_dim 8: it fits
+    otherwise); a GPU platform without GPU devices refuses it too. Repeated identical calls in
+    one trace (a model's layers) log once; a new trace logs again; explicit choices log
+    nothing."""
+    q, k, v = make_qkv(dtype=jnp.bfloat16)
+    caplog.set_level(logging.INFO, logger="attn_jax.attention")
+
+    def dropped(q, k, v):
+        rng = jax.random.key(0)
+        for _ in range(3):  # three "layers": one line
+            q = dot_product_attention(q, k, v, dropout_rate=0.1, dropout_rng=rng)
+        return q
+
+    with attention_platform("cpu"):
+        jax.jit(dropped).lower(q, k, v)
+        lines = _records(caplog)
+        assert len(lines) == 1, lines
+        assert "ran 'reference'" in lines[0] and "dropout_rate=0.1" in lines[0]
+        assert "on cpu" in lines[0] and "[2, 8, 4, 8] bfloat16" in lines[0]
+        caplog.clear()
+        jax.jit(lambda q, k, v: dot_product_attention(q, k, v)).lower(q, k, v)
+        (line,) = _records(caplog)
+        assert "ran 'xla'" in line and "'cudnn' refused: the platform is cpu" in line
+        caplog.clear()
+        jax.jit(lambda q, k, v: dot_product_attention(q, k, v, implementation="xla")).lower(
+            q, k, v)
+        assert _records(caplog) == []
+    if jax.devices()[0].platform != "gpu":
+        with attention_platform("gpu"):
+            assert current_attention_platform() == "gpu"
+            jax.jit(lambda q, k, v: dot_product_attention(q, k, v)).lower(q, k, v)
+            (line,) = _records(caplog)
+            assert "'cudnn' refused: this process sees no GPU device" in line
+            assert caplog.records[-1].levelno == logging.WARNING  # a GPU run losing cudnn
+
+
+def test_attention_platform_setter_and_context():
+    """The platform comes from the argument (a name, a mesh's devices, a device), the context
+    restores the previous one, None goes back to jax.default_backend()."""
+    default = jax.default_backend()
+    assert current_attention_platform() == default
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    with attention_platform("tpu"):
+        assert current_attention_platform() == "tpu"
+        with attention_platform(mesh):
+            assert current_attention_platform() == mesh.devices.flat[0].platform
+        assert current_attention_platform() == "tpu"
+    assert current_attention_platform() == default
+    attention_platform("cuda")
+    try:
+        assert current_attention_platform() == "gpu"
+    finally:
+        attention_platform(None)
+    assert current_attention_platform() == default
+    with attention_platform(jax.devices()[0]):
+        assert current_attention_platform() == jax.devices()[0].platform
+    with pytest.raises(ValueError, match="attention_platform expects a platform name"):
+        attention_platform(3)
