@@ -36,9 +36,10 @@ def layer_norm(
 class MlpBlock(nn.Module):
     """Transformer feed-forward block (Vaswani et al. 2017, eq. 2; ViT eq. 3).
 
-    Dense(mlp_dim) -> activation -> dropout -> Dense(out_dim) -> dropout, on `[..., embed]`.
-    Initialisation follows ViT: xavier_uniform kernels, normal(1e-6) biases; `out_kernel_init`
-    overrides the output layer's kernel init (GPT-2 scales it down by 1/sqrt(residual layers)).
+    Dense(mlp_dim) -> activation -> dropout -> Dense(out_dim) -> dropout over the last axis,
+    `[..., features]` -> `[..., out_dim]`. Initialisation follows ViT: xavier_uniform kernels,
+    normal(1e-6) biases; `out_kernel_init` overrides the output layer's kernel init (GPT-2 scales
+    it down by 1/sqrt(residual layers)).
 
     Attributes:
       mlp_dim: hidden width.
@@ -46,6 +47,10 @@ class MlpBlock(nn.Module):
       dropout_rate: dropout after the activation and after the output projection.
       activation: elementwise nonlinearity (default `nn.gelu`, the tanh approximation, as in ViT).
       dtype: compute dtype; param_dtype: storage dtype.
+      kernel_init, bias_init, out_kernel_init: initializers (see above).
+      axis_names: logical names (input/output axis, hidden axis) of the parameters: kernels
+        (in, hidden) and (hidden, in), biases (hidden,) and (in,). ("embed", "mlp") for a
+        Transformer's channel MLP; MLP-Mixer's token-mixing MLP runs over the patch axis.
     """
 
     mlp_dim: int
@@ -57,17 +62,24 @@ class MlpBlock(nn.Module):
     kernel_init: Initializer = nn.initializers.xavier_uniform()
     bias_init: Initializer = nn.initializers.normal(stddev=1e-6)
     out_kernel_init: Initializer | None = None
+    axis_names: tuple[str | None, str | None] = ("embed", "mlp")
 
     @nn.compact
     def __call__(self, inputs: Array, *, deterministic: bool = True) -> Array:
-        """`[..., embed]` -> `[..., out_dim or embed]`."""
+        """`[..., features]` -> `[..., out_dim or features]`."""
+        if len(self.axis_names) != 2:
+            raise ValueError(
+                "MlpBlock.axis_names is (input/output axis, hidden axis), e.g. ('embed', 'mlp'); "
+                f"got {self.axis_names!r}"
+            )
+        io_axis, hidden_axis = self.axis_names
         out_dim = self.out_dim or inputs.shape[-1]
         x = nn.Dense(
             self.mlp_dim,
             dtype=self.dtype,
             param_dtype=self.param_dtype,
-            kernel_init=nn.with_logical_partitioning(self.kernel_init, ("embed", "mlp")),
-            bias_init=nn.with_logical_partitioning(self.bias_init, ("mlp",)),
+            kernel_init=nn.with_logical_partitioning(self.kernel_init, (io_axis, hidden_axis)),
+            bias_init=nn.with_logical_partitioning(self.bias_init, (hidden_axis,)),
         )(inputs)
         x = self.activation(x)
         x = nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
@@ -76,8 +88,8 @@ class MlpBlock(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             kernel_init=nn.with_logical_partitioning(
-                self.out_kernel_init or self.kernel_init, ("mlp", "embed")),
-            bias_init=nn.with_logical_partitioning(self.bias_init, ("embed",)),
+                self.out_kernel_init or self.kernel_init, (hidden_axis, io_axis)),
+            bias_init=nn.with_logical_partitioning(self.bias_init, (io_axis,)),
         )(x)
         return nn.Dropout(rate=self.dropout_rate)(x, deterministic=deterministic)
 
