@@ -13,6 +13,12 @@ by default. Four implementations compute it and agree numerically:
   None         picks one: "reference" when weights or dropout are asked for, "cudnn" on a GPU
                when dtype and shapes allow it, else "xla".
 
+The platform is the one the computation runs on: `attention_platform(mesh)` (the trainer sets
+it from its mesh's devices; it is also a context manager), else `jax.default_backend()`. When
+the automatic choice passes over a faster path (dropout forces "reference", float32 or the head
+size refuse "cudnn", the platform is not a GPU, ...) it logs one line per trace on the
+`attn_jax.attention` logger saying what ran and why (WARNING on a GPU, INFO elsewhere).
+
 Masks are boolean, True = may attend, broadcastable to `[batch, heads, q_len, kv_len]`. A query row
 whose keys are all masked gives an output of exact zeros (and zero weights) in every path.
 """
@@ -20,8 +26,11 @@ whose keys are all masked gives an output of exact zeros (and zero weights) in e
 from __future__ import annotations
 
 import functools
+import logging
 import math
-from typing import Callable
+import weakref
+from collections.abc import Sequence
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -32,6 +41,8 @@ Array = jax.Array
 Initializer = Callable[..., Array]
 
 IMPLEMENTATIONS = ("reference", "xla", "cudnn", "pallas")
+
+logger = logging.getLogger(__name__)
 
 # Large finite negative logit for masked keys: exp() underflows to 0 without the NaNs of -inf.
 _MASKED_LOGIT = -0.7 * float(np.finfo(np.float32).max)
@@ -147,22 +158,135 @@ def _check_qkv(query: Array, key: Array, value: Array) -> None:
         )
 
 
-def _cudnn_fits(query: Array, key: Array, has_mask_or_bias: bool) -> bool:
-    """Conservative test for cuDNN's fused kernel (jax checks the same and raises otherwise)."""
-    if jax.default_backend() != "gpu":
-        return False
+# ----------------------------------------------------------------------------------------------
+# The platform attention runs on, and the automatic choice
+# ----------------------------------------------------------------------------------------------
+
+_GPU_PLATFORMS = ("gpu", "cuda", "rocm")
+# Devices (or, for a platform this process has no devices of, its name) kernels are chosen for;
+# None: those of jax.default_backend().
+_platform_devices: tuple[Any, ...] | None = None
+
+
+def _platform_name(device: Any) -> str:
+    name = (device if isinstance(device, str) else device.platform).lower()
+    return "gpu" if name in _GPU_PLATFORMS else name
+
+
+def _devices_of(platform_or_mesh: Any) -> tuple[Any, ...] | None:
+    if platform_or_mesh is None:
+        return None
+    if isinstance(platform_or_mesh, str):
+        name = _platform_name(platform_or_mesh)
+        try:
+            return tuple(jax.devices(name))
+        except RuntimeError:  # no such backend in this process: keep the name only
+            return (name,)
+    if isinstance(platform_or_mesh, jax.sharding.Mesh):
+        return tuple(platform_or_mesh.devices.flat)
+    if hasattr(platform_or_mesh, "platform"):  # a jax.Device
+        return (platform_or_mesh,)
+    if (isinstance(platform_or_mesh, Sequence) and platform_or_mesh
+            and all(hasattr(d, "platform") for d in platform_or_mesh)):
+        return tuple(platform_or_mesh)
+    raise ValueError(
+        "attention_platform expects a platform name ('cpu', 'gpu', 'tpu'), a jax.sharding.Mesh, "
+        f"a jax.Device, a sequence of Devices or None; got {platform_or_mesh!r}"
+    )
+
+
+class attention_platform:  # noqa: N801  (called like a function, as torch.set_grad_enabled)
+    """Sets the platform `dot_product_attention` chooses kernels for; also a context manager.
+
+    `attention_platform(mesh)` takes effect at once and lasts until the next call;
+    `with attention_platform(mesh): ...` restores the previous setting on exit. None goes back
+    to `jax.default_backend()`. The choice is made while tracing, so set it before the jitted
+    functions are traced.
+
+    Args:
+      platform_or_mesh: 'cpu' | 'gpu' (or 'cuda', 'rocm') | 'tpu', a `jax.sharding.Mesh` (its
+        devices), a `jax.Device`, a sequence of devices, or None.
+    """
+
+    def __init__(self, platform_or_mesh: Any):
+        global _platform_devices
+        devices = _devices_of(platform_or_mesh)
+        if devices is not None and len({_platform_name(d) for d in devices}) > 1:
+            raise ValueError(
+                "attention_platform: the devices span several platforms "
+                f"{sorted({_platform_name(d) for d in devices})}"
+            )
+        self._previous, _platform_devices = _platform_devices, devices
+
+    def __enter__(self) -> "attention_platform":
+        return self
+
+    def __exit__(self, *exc_info: Any) -> None:
+        global _platform_devices
+        _platform_devices = self._previous
+
+
+def _current_devices() -> tuple[Any, ...]:
+    return _platform_devices if _platform_devices is not None else tuple(jax.devices())
+
+
+def current_attention_platform() -> str:
+    """'cpu', 'gpu', 'tpu', ...: the platform kernels are chosen for (see `attention_platform`)."""
+    return _platform_name(_current_devices()[0])
+
+
+def _cudnn_refusal(query: Array, key: Array, has_mask_or_bias: bool) -> str | None:
+    """Why cuDNN's fused kernel would refuse these inputs on the current platform (None: it
+    takes them). Conservative: jax checks the same and raises otherwise."""
+    device = _current_devices()[0]
+    platform = _platform_name(device)
+    if platform != "gpu":
+        return f"the platform is {platform}, not an NVIDIA GPU"
+    if isinstance(device, str):
+        return "this process sees no GPU device"
     try:  # CUDA devices report e.g. "9.0"; ROCm devices do not, and fall back to XLA
-        if float(jax.devices()[0].compute_capability) < 8.0:
-            return False
+        capability = float(device.compute_capability)
     except (AttributeError, TypeError, ValueError):
-        return False
+        return f"{device.device_kind} reports no CUDA compute capability"
+    if capability < 8.0:
+        return f"compute capability {capability} < 8.0"
     head_dim, q_len, kv_len = query.shape[-1], query.shape[1], key.shape[1]
-    return (
-        query.dtype in (jnp.bfloat16, jnp.float16)
-        and head_dim <= 128
-        and head_dim % 8 == 0
+    if query.dtype not in (jnp.bfloat16, jnp.float16):
+        return f"dtype {query.dtype} (cuDNN takes bfloat16 or float16)"
+    if head_dim > 128 or head_dim % 8:
+        return f"head_dim {head_dim} (cuDNN needs <= 128 and a multiple of 8)"
+    if has_mask_or_bias and (q_len % 2 or kv_len % 2):
         # cuDNN's backward with a bias (masks become biases) needs even lengths.
-        and not (has_mask_or_bias and (q_len % 2 or kv_len % 2))
+        return f"a mask or bias with an odd length (q_len {q_len}, kv_len {kv_len})"
+    return None
+
+
+# Lines already logged, per live jax trace (weak keys: an entry goes with its trace).
+_logged: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_logged_untraced: set[str] = set()
+
+
+def _log_once_per_trace(level: int, message: str) -> None:
+    """Logs `message` once per jax trace, so a model's identical layers give one line."""
+    try:  # the innermost trace being built (jax has no public handle on it)
+        from jax._src import core as jax_core
+
+        seen = _logged.setdefault(jax_core.trace_ctx.trace, set())
+    except (ImportError, AttributeError, TypeError):
+        seen = _logged_untraced
+    if message not in seen:
+        seen.add(message)
+        logger.log(level, message)
+
+
+def _log_choice(impl: str, reason: str, query: Array, key: Array, *, asked: bool = False) -> None:
+    """One line on what ran and why; WARNING when a GPU loses a fused kernel to something the
+    caller did not ask for (`asked`: return_weights), INFO otherwise."""
+    platform = current_attention_platform()
+    _log_once_per_trace(
+        logging.WARNING if platform == "gpu" and not asked else logging.INFO,
+        f"dot_product_attention ran {impl!r} (implementation=None on {platform}): {reason}; "
+        f"query {list(query.shape)} {query.dtype}, key {list(key.shape)}",
     )
 
 
@@ -183,9 +307,16 @@ def _resolve_implementation(
                 f"{needs_reference} needs implementation='reference' (or None), got "
                 f"{implementation!r}"
             )
+        if implementation is None:
+            _log_choice("reference", f"{needs_reference} needs the einsum path", query, key,
+                        asked=needs_reference.startswith("return_weights"))
         return "reference"
     if implementation is None:
-        return "cudnn" if _cudnn_fits(query, key, has_mask_or_bias) else "xla"
+        refusal = _cudnn_refusal(query, key, has_mask_or_bias)
+        if refusal is None:
+            return "cudnn"
+        _log_choice("xla", f"'cudnn' refused: {refusal}", query, key)
+        return "xla"
     return implementation
 
 
@@ -235,7 +366,7 @@ def _pallas_attention(
     groups = query.shape[2] // key.shape[2]
     if groups > 1:  # the kernels want as many kv heads as query heads
         key, value = jnp.repeat(key, groups, axis=2), jnp.repeat(value, groups, axis=2)
-    backend = jax.default_backend()
+    backend = current_attention_platform()
     if backend == "tpu":
         from jax.experimental.pallas.ops.tpu import flash_attention as tpu_attention
 
@@ -350,10 +481,10 @@ def dot_product_attention(
         return _pallas_attention(query, key, value, bias, is_causal, scale)
 
     if impl == "cudnn":
-        if jax.default_backend() != "gpu":
+        if current_attention_platform() != "gpu":
             raise ValueError(
-                f"implementation='cudnn' needs an NVIDIA GPU; the backend is "
-                f"{jax.default_backend()}"
+                "implementation='cudnn' needs an NVIDIA GPU; the attention platform is "
+                f"{current_attention_platform()} (see attention_platform)"
             )
         # cuDNN adds masks as biases and wants them [.., q_len, kv_len] in the query dtype
         full = lambda x: None if x is None else jnp.broadcast_to(  # noqa: E731
@@ -457,21 +588,29 @@ class MultiHeadAttention(nn.Module):
     def __call__(
         self,
         inputs_q: Array,
+        inputs_k: Array | None = None,
+        inputs_v: Array | None = None,
+        *,
         inputs_kv: Array | None = None,
         mask: Array | None = None,
-        *,
         bias: Array | None = None,
         is_causal: bool = False,
         deterministic: bool = True,
         return_weights: bool = False,
         positions: Array | None = None,
     ) -> Array | tuple[Array, Array]:
-        """Self-attention when `inputs_kv` is None, cross-attention otherwise.
+        """Self-attention when `inputs_k` is None, else attention over `inputs_k` / `inputs_v`.
+
+        As `flax.linen.MultiHeadDotProductAttention`: `mha(x)` is self-attention, `mha(x, kv)`
+        cross-attention with keys and values from `kv`, and `mha(x, k, v)` takes them from two
+        inputs (DETR adds positions to the keys only).
 
         Args:
           inputs_q: `[batch, q_len, features]`.
-          inputs_kv: `[batch, kv_len, kv_features]` or None.
-          mask, bias, is_causal: as in `dot_product_attention`.
+          inputs_k: `[batch, kv_len, k_features]` or None (= inputs_q).
+          inputs_v: `[batch, kv_len, v_features]` or None (= inputs_k).
+          inputs_kv: keyword alias of `inputs_k` with `inputs_v` None (keys and values).
+          mask, bias, is_causal: as in `dot_product_attention` (keyword only).
           deterministic: disables dropout.
           return_weights: also return the weights `[batch, heads, q_len, kv_len]`.
           positions: RoPE positions `[batch, q_len]` or `[q_len]`; default `arange(q_len)`
@@ -480,17 +619,34 @@ class MultiHeadAttention(nn.Module):
         Returns:
           `[batch, q_len, out_features]`, or (output, weights) when `return_weights`.
         """
-        self_attention = inputs_kv is None
-        inputs_kv = inputs_q if self_attention else inputs_kv
-        if inputs_q.ndim != 3 or inputs_kv.ndim != 3:
+        if inputs_kv is not None:
+            if inputs_k is not None or inputs_v is not None:
+                raise ValueError("pass keys and values as inputs_k / inputs_v or as inputs_kv, "
+                                 "not both")
+            inputs_k = inputs_kv
+        if inputs_k is None and inputs_v is not None:
+            raise ValueError(
+                f"inputs_v of shape {jnp.shape(inputs_v)} needs inputs_k (keys) as well"
+            )
+        self_attention = inputs_k is None
+        inputs_k = inputs_q if self_attention else inputs_k
+        inputs_v = inputs_k if inputs_v is None else inputs_v
+        if inputs_q.ndim != 3 or inputs_k.ndim != 3 or inputs_v.ndim != 3:
             raise ValueError(
                 "MultiHeadAttention expects inputs [batch, length, features], got inputs_q "
-                f"{inputs_q.shape} and inputs_kv {inputs_kv.shape}"
+                f"{inputs_q.shape}, inputs_k {inputs_k.shape} and inputs_v {inputs_v.shape} "
+                "(mask, bias and the rest are keyword arguments)"
+            )
+        if inputs_k.shape[:2] != inputs_v.shape[:2] or inputs_k.shape[0] != inputs_q.shape[0]:
+            raise ValueError(
+                "inputs_k and inputs_v need the same [batch, kv_len], and the batch of inputs_q; "
+                f"got inputs_q {inputs_q.shape}, inputs_k {inputs_k.shape}, inputs_v "
+                f"{inputs_v.shape}"
             )
         if (self.decode or self.use_rope) and not self_attention:
             raise ValueError(
-                "decode and use_rope apply to self-attention only; got inputs_kv of shape "
-                f"{inputs_kv.shape} (cross-attention keys need neither a cache nor positions: "
+                "decode and use_rope apply to self-attention only; got inputs_k of shape "
+                f"{inputs_k.shape} (cross-attention keys need neither a cache nor positions: "
                 "compute them once from the encoder output)"
             )
         kv_heads = self.num_kv_heads or self.num_heads
@@ -508,9 +664,9 @@ class MultiHeadAttention(nn.Module):
         query = self._dense((self.num_heads, head_dim), -1, ("embed", "heads", "kv"), "query")(
             inputs_q
         )
-        key = self._dense((kv_heads, head_dim), -1, ("embed", "kv_heads", "kv"), "key")(inputs_kv)
+        key = self._dense((kv_heads, head_dim), -1, ("embed", "kv_heads", "kv"), "key")(inputs_k)
         value = self._dense((kv_heads, head_dim), -1, ("embed", "kv_heads", "kv"), "value")(
-            inputs_kv
+            inputs_v
         )
         if self.normalize_qk:
             query, key = self._qk_norm("query_ln")(query), self._qk_norm("key_ln")(key)

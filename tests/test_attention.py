@@ -8,6 +8,8 @@ elsewhere.
 
 from __future__ import annotations
 
+import logging
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -19,8 +21,10 @@ from jax.sharding import PartitionSpec as P
 from attn_jax.attention import (
     MultiHeadAttention,
     attention_mask_from_padding,
+    attention_platform,
     causal_mask,
     combine_masks,
+    current_attention_platform,
     dot_product_attention,
     padding_mask,
     padding_mask_from_ids,
@@ -445,3 +449,104 @@ def test_out_kernel_init_applies_to_w_o_only():
     assert not np.any(np.asarray(params["out"]["kernel"]))
     assert np.all(np.abs(np.asarray(params["query"]["kernel"])).sum() > 0)
     np.testing.assert_array_equal(mha.apply({"params": params}, x), 0.0)
+
+
+def test_separate_keys_and_values_match_flax():
+    """Reference: flax.linen.MultiHeadDotProductAttention(inputs_q, inputs_k, inputs_v) with the
+    same parameters (keys and values of different widths, as DETR's keys = memory + positions).
+    `mha(x, kv)`, `mha(x, kv, kv)` and `mha(x, inputs_kv=kv)` agree."""
+    keys, values = normal(1, (B, 5, 6)), normal(2, (B, 5, 3))
+    mask = attention_mask_from_padding(jnp.ones((B, 7), bool), padding_mask(jnp.array([3, 5]), 5))
+    ours = MultiHeadAttention(num_heads=4, qkv_features=8)
+    params = nn.unbox(ours.init(jax.random.key(0), X, keys, values, mask=mask))["params"]
+    assert params["key"]["kernel"].shape == (6, 4, 2)
+    assert params["value"]["kernel"].shape == (3, 4, 2)
+    leaves, tree = jax.tree.flatten(params)
+    params = tree.unflatten([p + 0.1 * normal(i, p.shape) for i, p in enumerate(leaves)])
+    out = ours.apply({"params": params}, X, keys, values, mask=mask)
+    theirs = nn.MultiHeadDotProductAttention(num_heads=4, qkv_features=8)
+    expected = theirs.apply({"params": params}, X, keys, values, mask=mask)
+    np.testing.assert_allclose(out, expected, atol=1e-5, rtol=1e-5)
+
+    kv = normal(3, (B, 5, 6))
+    p2 = nn.unbox(ours.init(jax.random.key(0), X, kv))["params"]
+    one = ours.apply({"params": p2}, X, kv)
+    np.testing.assert_array_equal(ours.apply({"params": p2}, X, kv, kv), one)
+    np.testing.assert_array_equal(ours.apply({"params": p2}, X, inputs_kv=kv), one)
+    with pytest.raises(ValueError, match=r"inputs_v of shape \(2, 5, 3\) needs inputs_k"):
+        ours.apply({"params": params}, X, None, values)
+    with pytest.raises(ValueError, match="not both"):
+        ours.apply({"params": p2}, X, kv, inputs_kv=kv)
+    with pytest.raises(ValueError, match=r"same \[batch, kv_len\].*inputs_v \(2, 4, 3\)"):
+        ours.apply({"params": params}, X, keys, values[:, :4])
+    with pytest.raises(ValueError, match="mask, bias and the rest are keyword arguments"):
+        ours.apply({"params": p2}, X, kv, mask)  # the old positional mask is refused
+
+
+# --- which implementation ran, and why -------------------------------------------------------
+
+
+def _records(caplog) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.name == "attn_jax.attention"]
+
+
+def test_automatic_choice_logs_the_refused_fast_path(caplog):
+    """implementation=None says in one line per trace what ran and why: dropout forces the
+    reference path; 'cudnn' is refused on a CPU platform (bfloat16, head_dim 8: it fits
+    otherwise); a GPU platform without GPU devices refuses it too. Repeated identical calls in
+    one trace (a model's layers) log once; a new trace logs again; explicit choices log
+    nothing."""
+    q, k, v = make_qkv(dtype=jnp.bfloat16)
+    caplog.set_level(logging.INFO, logger="attn_jax.attention")
+
+    def dropped(q, k, v):
+        rng = jax.random.key(0)
+        for _ in range(3):  # three "layers": one line
+            q = dot_product_attention(q, k, v, dropout_rate=0.1, dropout_rng=rng)
+        return q
+
+    with attention_platform("cpu"):
+        jax.jit(dropped).lower(q, k, v)
+        lines = _records(caplog)
+        assert len(lines) == 1, lines
+        assert "ran 'reference'" in lines[0] and "dropout_rate=0.1" in lines[0]
+        assert "on cpu" in lines[0] and "[2, 8, 4, 8] bfloat16" in lines[0]
+        caplog.clear()
+        jax.jit(lambda q, k, v: dot_product_attention(q, k, v)).lower(q, k, v)
+        (line,) = _records(caplog)
+        assert "ran 'xla'" in line and "'cudnn' refused: the platform is cpu" in line
+        caplog.clear()
+        jax.jit(lambda q, k, v: dot_product_attention(q, k, v, implementation="xla")).lower(
+            q, k, v)
+        assert _records(caplog) == []
+    if jax.devices()[0].platform != "gpu":
+        with attention_platform("gpu"):
+            assert current_attention_platform() == "gpu"
+            jax.jit(lambda q, k, v: dot_product_attention(q, k, v)).lower(q, k, v)
+            (line,) = _records(caplog)
+            assert "'cudnn' refused: this process sees no GPU device" in line
+            assert caplog.records[-1].levelno == logging.WARNING  # a GPU run losing cudnn
+
+
+def test_attention_platform_setter_and_context():
+    """The platform comes from the argument (a name, a mesh's devices, a device), the context
+    restores the previous one, None goes back to jax.default_backend()."""
+    default = jax.default_backend()
+    assert current_attention_platform() == default
+    mesh = jax.make_mesh((1,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+    with attention_platform("tpu"):
+        assert current_attention_platform() == "tpu"
+        with attention_platform(mesh):
+            assert current_attention_platform() == mesh.devices.flat[0].platform
+        assert current_attention_platform() == "tpu"
+    assert current_attention_platform() == default
+    attention_platform("cuda")
+    try:
+        assert current_attention_platform() == "gpu"
+    finally:
+        attention_platform(None)
+    assert current_attention_platform() == default
+    with attention_platform(jax.devices()[0]):
+        assert current_attention_platform() == jax.devices()[0].platform
+    with pytest.raises(ValueError, match="attention_platform expects a platform name"):
+        attention_platform(3)

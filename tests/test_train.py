@@ -66,10 +66,10 @@ def test_same_losses_and_params_on_every_mesh(task, data_dir, tmp_path):
         if task != "classification":
             continue
         if name == "fsdp":  # parameters really are split 8 ways
-            kernel = state.params["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]
+            kernel = state.params["Transformer"]["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
             assert kernel.sharding.shard_shape(kernel.shape)[0] == kernel.shape[0] // 8
         if name == "tp":
-            kernel = state.params["Transformer"]["encoderblock_0"]["MultiHeadAttention_0"]["query"]["kernel"]
+            kernel = state.params["Transformer"]["encoderblock_0"]["self_attention"]["query"]["kernel"]
             assert kernel.sharding.shard_shape(kernel.shape)[1] == 1  # 8 heads over 8 devices
 
 
@@ -269,7 +269,7 @@ def test_resume_onto_a_different_mesh(task, data_dir, tmp_path):
     moved, _ = train_and_evaluate(config, workdir)
     assert int(moved.step) == 4
     if task == "classification":
-        kernel = moved.params["Transformer"]["encoderblock_0"]["MlpBlock_0"]["Dense_0"]["kernel"]
+        kernel = moved.params["Transformer"]["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
         assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
     np.testing.assert_allclose(_losses(workdir), _losses(str(tmp_path / "straight")), rtol=2e-5)
     for key, value in _flat(moved.params).items():

@@ -1,4 +1,4 @@
-"""Tests for attn_jax.models.vit (and attn_jax.layers.MlpBlock through it)."""
+"""Tests for attn_jax.models.vit (and attn_jax.layers' TransformerBlock and MlpBlock through it)."""
 
 import flax.linen as nn
 import jax
@@ -126,12 +126,12 @@ def _reference_forward(params, images: np.ndarray, heads: int, pool_type: str, p
     ln = nn.LayerNorm(epsilon=1e-6)
     for i in range(len([key for key in p["Transformer"] if key.startswith("encoderblock_")])):
         blk = p["Transformer"][f"encoderblock_{i}"]
-        (attn,) = [key for key in blk if key not in ("LayerNorm_0", "LayerNorm_1", "MlpBlock_0")]
-        y = ln.apply({"params": blk["LayerNorm_0"]}, x)
-        y = nn.MultiHeadDotProductAttention(num_heads=heads).apply({"params": blk[attn]}, y, y)
+        y = ln.apply({"params": blk["self_attention_norm"]}, x)
+        y = nn.MultiHeadDotProductAttention(num_heads=heads).apply(
+            {"params": blk["self_attention"]}, y, y)
         x = x + y
-        y = ln.apply({"params": blk["LayerNorm_1"]}, x)
-        mlp = blk["MlpBlock_0"]
+        y = ln.apply({"params": blk["mlp_norm"]}, x)
+        mlp = blk["mlp"]
         y = nn.Dense(mlp["Dense_0"]["kernel"].shape[1]).apply({"params": mlp["Dense_0"]}, y)
         y = jax.nn.gelu(y, approximate=True)
         x = x + nn.Dense(x.shape[-1]).apply({"params": mlp["Dense_1"]}, y)
@@ -258,7 +258,7 @@ def test_logical_axes_on_all_params(tiny):
     assert p["posembed_input"]["pos_embedding"].names == (None, None, "embed")
     assert p["head"]["kernel"].names == ("embed", "classes")
     assert p["head"]["bias"].names == ("classes",)
-    mlp = p["Transformer"]["encoderblock_0"]["MlpBlock_0"]
+    mlp = p["Transformer"]["encoderblock_0"]["mlp"]
     assert mlp["Dense_0"]["kernel"].names == ("embed", "mlp")
     assert mlp["Dense_1"]["kernel"].names == ("mlp", "embed")
     assert p["Transformer"]["encoder_norm"]["scale"].names == ("norm",)

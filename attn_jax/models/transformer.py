@@ -23,8 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_jax.attention import MultiHeadAttention
-from attn_jax.layers import MlpBlock, layer_norm
+from attn_jax.layers import TransformerBlock, layer_norm
 from attn_jax.positional import LearnedPositionEmbedding, sinusoidal_positions
 
 Array = jax.Array
@@ -207,26 +206,6 @@ def _embedding(config: TransformerConfig, num_embeddings: int, name: str) -> nn.
     )
 
 
-def _attention(config: TransformerConfig, *, decode: bool, name: str,
-               residual_layers: int) -> MultiHeadAttention:
-    return MultiHeadAttention(
-        num_heads=config.num_heads,
-        num_kv_heads=config.num_kv_heads,
-        qkv_features=config.qkv_width,
-        out_features=config.emb_dim,
-        dropout_rate=config.attention_dropout_rate,
-        dtype=config.dtype,
-        param_dtype=config.param_dtype,
-        use_bias=config.use_bias,
-        kernel_init=_kernel_init(config),
-        out_kernel_init=_residual_out_init(config, residual_layers),
-        bias_init=nn.initializers.zeros,
-        decode=decode,
-        implementation=config.attention_implementation,
-        name=name,
-    )
-
-
 def shift_right(ids: Array, start_id: int) -> Array:
     """`[batch, length]` -> `[start_id, ids[:, 0], ..., ids[:, -2]]` (teacher forcing input)."""
     return jnp.pad(ids, ((0, 0), (1, 0)), constant_values=start_id)[:, :-1]
@@ -282,129 +261,45 @@ class Embedder(nn.Module):
         return nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
 
 
-def _norm(config: TransformerConfig, name: str) -> nn.LayerNorm:
-    return layer_norm(
-        epsilon=config.layer_norm_epsilon, dtype=config.dtype, param_dtype=config.param_dtype,
-        name=name,
-    )
-
-
-def _residual(
-    config: TransformerConfig,
-    x: Array,
-    sublayer: Callable[[Array], Array],
-    norm: nn.LayerNorm,
-    dropout: nn.Dropout | None,
-    deterministic: bool,
-) -> Array:
-    """Post-norm LN(x + Dropout(f(x))) (the paper, sec. 5.4) or pre-norm
-    x + Dropout(f(LN(x))) (GPT-2). `dropout=None` when f drops its own output (the MLP)."""
-    h = sublayer(norm(x) if config.norm == "pre" else x)
-    if dropout is not None:
-        h = dropout(h, deterministic=deterministic)
-    x = x + h
-    return norm(x) if config.norm == "post" else x
-
-
-def _mlp(config: TransformerConfig, residual_layers: int) -> MlpBlock:
-    return MlpBlock(
+def _block(config: TransformerConfig, *, decoder: bool, cross_attention: bool,
+           name: str) -> TransformerBlock:
+    """An encoder layer (decoder=False), or a causal decoder layer with cross-attention over
+    the encoder output if `cross_attention` (the paper's sec. 3.1; GPT-2's block without it).
+    Kernels writing into the residual stream get GPT-2's scaled init when configured, scaled by
+    the stack's count of residual sublayers."""
+    sublayers = (3 if cross_attention else 2) if decoder else 2
+    layers = config.num_decoder_layers if decoder else config.num_encoder_layers
+    return TransformerBlock(
+        num_heads=config.num_heads,
+        num_kv_heads=config.num_kv_heads,
         mlp_dim=config.mlp_dim,
-        out_dim=config.emb_dim,
+        qkv_features=config.qkv_width,
+        causal=decoder,
+        cross_attention=cross_attention,
+        norm=config.norm,
+        layer_norm_epsilon=config.layer_norm_epsilon,
         dropout_rate=config.dropout_rate,
+        attention_dropout_rate=config.attention_dropout_rate,
         activation=_ACTIVATIONS[config.activation],
+        attention_use_bias=config.use_bias,
+        attention_kernel_init=_kernel_init(config),
+        attention_bias_init=nn.initializers.zeros,
+        mlp_kernel_init=_kernel_init(config),
+        mlp_bias_init=nn.initializers.zeros,
+        residual_kernel_init=_residual_out_init(config, sublayers * layers),
+        decode=decoder and config.decode,
+        attention_implementation=config.attention_implementation,
         dtype=config.dtype,
         param_dtype=config.param_dtype,
-        kernel_init=_kernel_init(config),
-        out_kernel_init=_residual_out_init(config, residual_layers),
-        bias_init=nn.initializers.zeros,
-        name="mlp",
+        name=name,
     )
-
-
-class EncoderBlock(nn.Module):
-    """Self-attention and MLP sublayers (the paper's encoder layer, sec. 3.1)."""
-
-    config: TransformerConfig
-
-    @nn.compact
-    def __call__(self, x: Array, mask: Array | None, *, deterministic: bool) -> Array:
-        """`[batch, length, emb_dim]`, mask `[batch, 1, length | 1, length]` bool."""
-        cfg = self.config
-        dropout = nn.Dropout(rate=cfg.dropout_rate)
-        residual_layers = 2 * cfg.num_encoder_layers
-        attn = _attention(cfg, decode=False, name="self_attention",
-                          residual_layers=residual_layers)
-        x = _residual(
-            cfg, x, lambda h: attn(h, mask=mask, deterministic=deterministic),
-            _norm(cfg, "self_attention_norm"), dropout, deterministic,
-        )
-        mlp = _mlp(cfg, residual_layers)
-        return _residual(
-            cfg, x, lambda h: mlp(h, deterministic=deterministic), _norm(cfg, "mlp_norm"),
-            None, deterministic,
-        )
-
-
-class DecoderBlock(nn.Module):
-    """Masked self-attention, cross-attention over the encoder output (if `cross_attention`),
-    and MLP sublayers (the paper's decoder layer, sec. 3.1; a GPT block without cross-attention).
-    In decode mode the self-attention reads and extends the KV cache and needs no mask.
-    """
-
-    config: TransformerConfig
-    cross_attention: bool = True
-
-    @nn.compact
-    def __call__(
-        self,
-        x: Array,
-        self_mask: Array | None,
-        encoded: Array | None = None,
-        cross_mask: Array | None = None,
-        *,
-        deterministic: bool,
-    ) -> Array:
-        """x `[batch, tgt_len, emb_dim]`, self_mask `[batch, 1, tgt_len | 1, tgt_len]` (padding;
-        causality is added here), encoded `[batch, src_len, emb_dim]`, cross_mask
-        `[batch, 1, 1, src_len]`."""
-        cfg = self.config
-        dropout = nn.Dropout(rate=cfg.dropout_rate)
-        residual_layers = (3 if self.cross_attention else 2) * cfg.num_decoder_layers
-        self_attn = _attention(cfg, decode=cfg.decode, name="self_attention",
-                               residual_layers=residual_layers)
-        x = _residual(
-            cfg,
-            x,
-            # While decoding, the attention replaces is_causal by a mask over the cache.
-            lambda h: self_attn(h, mask=self_mask, is_causal=True, deterministic=deterministic),
-            _norm(cfg, "self_attention_norm"),
-            dropout,
-            deterministic,
-        )
-        if self.cross_attention:
-            if encoded is None:
-                raise ValueError("DecoderBlock(cross_attention=True) needs the encoder output")
-            cross_attn = _attention(cfg, decode=False, name="cross_attention",
-                                    residual_layers=residual_layers)
-            x = _residual(
-                cfg,
-                x,
-                lambda h: cross_attn(h, encoded, mask=cross_mask, deterministic=deterministic),
-                _norm(cfg, "cross_attention_norm"),
-                dropout,
-                deterministic,
-            )
-        mlp = _mlp(cfg, residual_layers)
-        return _residual(
-            cfg, x, lambda h: mlp(h, deterministic=deterministic), _norm(cfg, "mlp_norm"),
-            None, deterministic,
-        )
 
 
 def _final_norm(config: TransformerConfig, x: Array) -> Array:
     """The LayerNorm after a pre-norm stack (post-norm blocks already end in one)."""
     if config.norm == "pre" and config.final_norm:
-        return _norm(config, "final_norm")(x)
+        return layer_norm(epsilon=config.layer_norm_epsilon, dtype=config.dtype,
+                          param_dtype=config.param_dtype, name="final_norm")(x)
     return x
 
 
@@ -430,7 +325,7 @@ def _logits(config: TransformerConfig, embedding: nn.Embed, x: Array, vocab: int
 
 
 class Encoder(nn.Module):
-    """Embeds source ids and applies `num_encoder_layers` EncoderBlocks."""
+    """Embeds source ids and applies `num_encoder_layers` encoder layers (`layer_{i}`)."""
 
     config: TransformerConfig
     embedding: nn.Module
@@ -444,13 +339,17 @@ class Encoder(nn.Module):
             inputs, deterministic=deterministic
         )
         for i in range(cfg.num_encoder_layers):
-            x = EncoderBlock(cfg, name=f"layer_{i}")(x, mask, deterministic=deterministic)
+            x = _block(cfg, decoder=False, cross_attention=False, name=f"layer_{i}")(
+                x, mask, deterministic=deterministic
+            )
         return _final_norm(cfg, x)
 
 
 class Decoder(nn.Module):
-    """Embeds target-side ids and applies `num_decoder_layers` DecoderBlocks, then the output
-    projection. With `encoded=None` and `cross_attention=False` it is a decoder-only LM body."""
+    """Embeds target-side ids and applies `num_decoder_layers` causal decoder layers
+    (`layer_{i}`), then the output projection. With `encoded=None` and `cross_attention=False`
+    it is a decoder-only LM body. In decode mode the self-attention reads and extends the KV
+    cache and needs no mask."""
 
     config: TransformerConfig
     embedding: nn.Module
@@ -467,16 +366,17 @@ class Decoder(nn.Module):
         deterministic: bool = True,
     ) -> Array:
         """decoder_inputs `[batch, tgt_len]` int (already shifted), encoded
-        `[batch, src_len, emb_dim]`, masks as in `DecoderBlock` -> logits `[batch, tgt_len,
-        vocab]` float32."""
+        `[batch, src_len, emb_dim]`, cross_mask `[batch, 1, 1, src_len]`, self_mask
+        `[batch, 1, tgt_len | 1, tgt_len]` (padding; causality is added by the blocks) ->
+        logits `[batch, tgt_len, vocab]` float32."""
         cfg = self.config
         x = Embedder(cfg, self.embedding, decode=cfg.decode, name="embedder")(
             decoder_inputs, deterministic=deterministic
         )
         for i in range(cfg.num_decoder_layers):
-            x = DecoderBlock(cfg, cross_attention=self.cross_attention, name=f"layer_{i}")(
-                x, self_mask, encoded, cross_mask, deterministic=deterministic
-            )
+            x = _block(cfg, decoder=True, cross_attention=self.cross_attention,
+                       name=f"layer_{i}")(x, self_mask, encoded, cross_mask,
+                                          deterministic=deterministic)
         x = _final_norm(cfg, x)
         return _logits(cfg, self.embedding, x, self.embedding.num_embeddings)
 

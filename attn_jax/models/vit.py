@@ -2,7 +2,10 @@
 
 The parameter tree mirrors google-research/vision_transformer (`embedding`, `cls`,
 `posembed_input`, `Transformer/encoderblock_{i}`, `Transformer/encoder_norm`, `pre_logits`,
-`head`) with big_vision's in-block names, and the named variants have the published parameter
+`head`); inside a block the names are those of `attn_jax.layers.TransformerBlock`
+(`self_attention_norm`, `self_attention`, `mlp_norm`, `mlp`; checkpoints with the earlier
+`LayerNorm_0`, `MultiHeadAttention_0`, `LayerNorm_1`, `MlpBlock_0` load through
+`attn_jax.train.legacy.upgrade_params`). The named variants have the published parameter
 counts (ViT-B/16 at 224px, 1000 classes: 86,567,656). A learned position table fixes the token
 count, so `apply` must see the image size used at `init`.
 """
@@ -15,8 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_jax.attention import MultiHeadAttention
-from attn_jax.layers import DropPath, MlpBlock, layer_norm, stochastic_depth_rates
+from attn_jax.layers import TransformerBlock, layer_norm, stochastic_depth_rates
 from attn_jax.positional import LearnedPositionEmbedding, sincos_2d_positions
 
 Array = jax.Array
@@ -51,47 +53,9 @@ def vit_variant(name: str) -> dict[str, Any]:
     return config
 
 
-class EncoderBlock(nn.Module):
-    """Pre-norm Transformer block (ViT eq. 2-3): x + MSA(LN(x)), then x + MLP(LN(x)).
-
-    `[batch, length, hidden]` -> `[batch, length, hidden]`. `drop_path_rate` drops each of the two
-    residual branches per example (stochastic depth) in training.
-    """
-
-    num_heads: int
-    mlp_dim: int
-    dropout_rate: float = 0.0
-    attention_dropout_rate: float = 0.0
-    drop_path_rate: float = 0.0
-    dtype: jnp.dtype | None = None
-    param_dtype: jnp.dtype = jnp.float32
-    attention_implementation: str | None = None
-
-    @nn.compact
-    def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
-        y = layer_norm(dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        y = MultiHeadAttention(
-            num_heads=self.num_heads,
-            dropout_rate=self.attention_dropout_rate,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-            kernel_init=nn.initializers.xavier_uniform(),
-            implementation=self.attention_implementation,
-        )(y, deterministic=deterministic)
-        y = nn.Dropout(rate=self.dropout_rate)(y, deterministic=deterministic)
-        x = x + DropPath(self.drop_path_rate)(y, deterministic=deterministic)
-        y = layer_norm(dtype=self.dtype, param_dtype=self.param_dtype)(x)
-        y = MlpBlock(
-            mlp_dim=self.mlp_dim,
-            dropout_rate=self.dropout_rate,
-            dtype=self.dtype,
-            param_dtype=self.param_dtype,
-        )(y, deterministic=deterministic)
-        return x + DropPath(self.drop_path_rate)(y, deterministic=deterministic)
-
-
 class Encoder(nn.Module):
-    """`depth` EncoderBlocks (`encoderblock_{i}`) and a final LayerNorm (`encoder_norm`).
+    """`depth` pre-norm TransformerBlocks (`encoderblock_{i}`; ViT eq. 2-3) and a final LayerNorm
+    (`encoder_norm`): `[batch, tokens, hidden]` -> the same shape.
 
     stochastic_depth_rate: drop-path rate of the last block; block i gets the linear-rule share
     (`stochastic_depth_rates`), the first block none.
@@ -111,9 +75,11 @@ class Encoder(nn.Module):
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
         drop_path_rates = stochastic_depth_rates(self.stochastic_depth_rate, self.depth)
         for i in range(self.depth):
-            x = EncoderBlock(
+            # TransformerBlock's defaults are ViT's: xavier kernels, normal(1e-6) MLP biases.
+            x = TransformerBlock(
                 num_heads=self.num_heads,
                 mlp_dim=self.mlp_dim,
+                norm="pre",
                 dropout_rate=self.dropout_rate,
                 attention_dropout_rate=self.attention_dropout_rate,
                 drop_path_rate=drop_path_rates[i],

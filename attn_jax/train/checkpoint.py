@@ -16,6 +16,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 from orbax.checkpoint.checkpoint_managers import preservation_policy as pp
 
+from attn_jax.train.legacy import has_legacy_names, upgrade_params
+
 log = logging.getLogger(__name__)
 
 _TMP_MARKER = ".orbax-checkpoint-tmp"
@@ -68,6 +70,12 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
         """Restore `state` onto the shardings of `abstract_state` (leaves are
         `jax.ShapeDtypeStruct(shape, dtype, sharding=...)`), so a different mesh works."""
+        if has_legacy_names(self.manager.item_metadata(step).state):
+            # Written before a rename (attn_jax.train.legacy): read as saved, rename, place.
+            restored = self.manager.restore(step, args=ocp.args.Composite(
+                state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+            state = _as_target(upgrade_params(restored.state), abstract_state)
+            return state, restored.data
         restored = self.manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
         return restored.state, restored.data
@@ -83,6 +91,23 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
+
+
+def _path(path: Any) -> tuple[str, ...]:
+    return tuple(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _as_target(tree: Any, abstract_state: Any) -> Any:
+    """A tree restored without a target (plain dicts and lists) in `abstract_state`'s structure
+    and shardings, matched leaf by leaf on their key paths."""
+    by_path = {_path(p): v for p, v in jax.tree_util.tree_flatten_with_path(tree)[0]}
+    want, treedef = jax.tree_util.tree_flatten_with_path(abstract_state)
+    missing = ["/".join(_path(p)) for p, _ in want if _path(p) not in by_path]
+    if missing or len(by_path) != len(want):
+        raise ValueError(f"the upgraded checkpoint does not match the model: {len(by_path)} "
+                         f"arrays for {len(want)}; missing {missing[:5]}")
+    return jax.tree.unflatten(treedef, [jax.device_put(by_path[_path(p)], t.sharding)
+                                        for p, t in want])
 
 
 def abstract_with_shardings(tree: Any, shardings: Any) -> Any:

@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from attn_jax.attention import attention_platform
 from attn_jax.eval.evaluators import EvalContext, build_evaluators, run_due
 from attn_jax.tasks import get_task
 from attn_jax.train import sharding as shd
@@ -144,6 +145,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """
     # -- checks and mesh (nothing written yet) --
     mesh = shd.make_mesh(dict(config.mesh), devices)
+    attention_platform(mesh)  # the attention kernel is chosen for the mesh's devices
     validate(config, mesh)
     task = get_task(config.task)(config)
     # A SentencePiece task trains its vocabulary into the workdir when it first needs it (to

@@ -15,6 +15,7 @@ import orbax.checkpoint as ocp
 
 from attn_jax.train.checkpoint import interrupted_saves
 from attn_jax.train.config import upgrade_config
+from attn_jax.train.legacy import upgrade_params
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
@@ -61,5 +62,5 @@ def load_params(workdir: str, step: int | None = None, *, ema: bool = False
     if ema:
         if state.get("ema_params") is None:
             raise ValueError(f"the run in {workdir} kept no EMA parameters (ema_decay was 0)")
-        return config, state["ema_params"]
-    return config, state["params"]
+        return config, upgrade_params(state["ema_params"])
+    return config, upgrade_params(state["params"])
