@@ -323,22 +323,15 @@ def bits_per_dim(task: Any, params: Any, *, split: str = "test", max_examples: i
         if mesh is not None:  # host rows -> global arrays; the mask comes back whole
             batch = shd.global_batch(mesh, {"image": batch["image"], "mask": batch["mask"]})
         out = fn(params, batch["image"], jax.random.fold_in(jax.random.PRNGKey(seed), i))
-        mask = _to_host(batch["mask"]) if mesh is not None else batch["mask"]
+        mask = shd.to_host(batch["mask"]) if mesh is not None else batch["mask"]
         if max_examples is not None:  # drop real examples past max_examples
             mask = mask * (np.cumsum(mask) + count <= max_examples)
         for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float((_to_host(v) * mask).sum())
+            sums[k] = sums.get(k, 0.0) + float((shd.to_host(v) * mask).sum())
         count += int(mask.sum())
     if count == 0:
         raise ValueError(f"no examples in split {split!r}")
     return {**{k: v / count for k, v in sums.items()}, "num_examples": count}
-
-
-def _to_host(x: Any) -> np.ndarray:
-    """A global array as NumPy on every process (all-gathered when other hosts hold rows)."""
-    if not isinstance(x, jax.Array) or x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 class BitsPerDimEvaluator(Evaluator):

@@ -32,7 +32,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from attn_jax import data
@@ -64,13 +63,6 @@ def _section(config_data: Any, key: str, defaults: dict[str, Any]) -> dict[str, 
     if unknown:
         raise unknown_key_error(f"config.data.{key}", unknown, defaults)
     return {**defaults, **given}
-
-
-def _to_host(x: jax.Array) -> np.ndarray:
-    """A global array as NumPy on every process (all-gathered when other hosts hold rows)."""
-    if x.is_fully_addressable:
-        return np.asarray(jax.device_get(x))
-    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
 
 
 class DiffusionTask(Task):
@@ -269,7 +261,7 @@ class DiffusionTask(Task):
         num_images) from one jitted sampler; batch i uses `fold_in(rng, i)`."""
         batch_size = batch_size or int(self.sampling_cfg["num_images"]) or num
         fn = self.sampler(batch_size, mesh, **settings)
-        out = [_to_host(fn(params, jax.random.fold_in(rng, i)))
+        out = [shd.to_host(fn(params, jax.random.fold_in(rng, i)))
                for i in range(math.ceil(num / batch_size))]
         return np.concatenate(out)[:num]
 

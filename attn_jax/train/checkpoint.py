@@ -70,15 +70,20 @@ class Checkpointer:
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, Any]:
         """Restore `state` onto the shardings of `abstract_state` (leaves are
         `jax.ShapeDtypeStruct(shape, dtype, sharding=...)`), so a different mesh works."""
-        if has_legacy_names(self.manager.item_metadata(step).state):
-            # Written before a rename (attn_jax.train.legacy): read as saved, rename, place.
+        try:
             restored = self.manager.restore(step, args=ocp.args.Composite(
-                state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
-            state = _as_target(upgrade_params(restored.state), abstract_state)
-            return state, restored.data
+                state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
+            return restored.state, restored.data
+        except ValueError as e:
+            if "tree structures do not match" not in str(e):
+                raise
+            mismatch = e
+        # Written before a rename (attn_jax.train.legacy): read as saved, rename, place.
         restored = self.manager.restore(step, args=ocp.args.Composite(
-            state=ocp.args.StandardRestore(abstract_state), data=ocp.args.JsonRestore()))
-        return restored.state, restored.data
+            state=ocp.args.StandardRestore(), data=ocp.args.JsonRestore()))
+        if not has_legacy_names(restored.state):
+            raise mismatch
+        return _as_target(upgrade_params(restored.state), abstract_state), restored.data
 
     def restore_state_only(self, step: int, abstract_state: Any) -> Any:
         restored = self.manager.restore(step, args=ocp.args.Composite(

@@ -149,3 +149,12 @@ def global_batch(mesh: Mesh, host_batch: Mapping[str, np.ndarray]) -> dict[str, 
         key: jax.make_array_from_process_local_data(batch_sharding(mesh, np.ndim(value)), value)
         for key, value in host_batch.items()
     }
+
+
+def to_host(x: Any) -> np.ndarray:
+    """A global array as NumPy on every process (all-gathered when other hosts hold rows)."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(jax.device_get(x))
+    from jax.experimental import multihost_utils
+
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
