@@ -245,8 +245,8 @@ def test_pad_geometry_round_trips_to_exact_pixels(data_dir):
     np.testing.assert_array_equal(task.to_pixels(batch["image"]), stored[:32])
 
 
-# ------------------------------------------------------------------ artefacts and sample.py
-def test_artifacts_grid_is_the_ema_sample_grid(run, data_dir):
+# ------------------------------------------------------------------ the samples evaluator and sample.py
+def test_samples_evaluator_grid_is_the_ema_sample_grid(run, data_dir):
     """samples/step_4.png: 8 images of 8x8 in a 3x3 grid with 2-px borders (32x32 grey), equal
     to the grid of the EMA parameters' samples from the configured seed."""
     workdir, params, _ = run

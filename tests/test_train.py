@@ -49,7 +49,11 @@ def test_same_losses_and_params_on_every_mesh(task, data_dir, tmp_path):
     config.mesh = dict(data=1, fsdp=1, tensor=1)
     ref_state, ref_eval = train_and_evaluate(config, str(tmp_path / "one"), jax.devices()[:1])
     ref_losses, ref_params = _losses(str(tmp_path / "one")), _flat(ref_state.params)
-    assert len(ref_losses) == config.total_steps and ref_losses[-1] < ref_losses[0]
+    assert len(ref_losses) == config.total_steps and np.all(np.isfinite(ref_losses))
+    if task == "classification":  # 4 noisy batches: judge learning on the test set, against
+        assert ref_eval["test_loss"] < np.log(10)  # the uniform guess over 10 classes
+    else:
+        assert ref_losses[-1] < ref_losses[0]
     meshes = {"dp": (8, 1, 1), "fsdp": (1, 8, 1), "tp": (1, 1, 8), "mixed": (2, 2, 2)}
     if task != "classification":  # the 2x2x2 mesh runs in the task's own tests
         meshes.pop("mixed")
@@ -192,7 +196,7 @@ def _compile_events():
     (lambda c: c.update(batch_size=30), "batch_size=30 is not divisible by the data-parallel size 8"),
     (lambda c: c.model.update(patch_size=3), "patch"),
     (lambda c: c.data.update(name="fashion_mnist_idx"), "dataset-fashion-mnist"),
-    (lambda c: c.data.update(flipp=True), "unknown keys"),
+    (lambda c: c.data.update(flipp=True), "unknown key .flipp. \\(did you mean .flip."),
     (lambda c: c.optim.update(schedule="cosin"), "optim.schedule"),
     (lambda c: c.model.update(hidden_sise=3), "hidden_sise"),
 ])

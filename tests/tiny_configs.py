@@ -36,25 +36,27 @@ def _sgd(config: ml_collections.ConfigDict, lr: float, steps: int = 4) -> None:
     config.checkpoint.async_save = False
 
 
-def classification(data_dir: str = "") -> ml_collections.ConfigDict:
+def _digits_vit(data_dir: str, **model) -> ml_collections.ConfigDict:
+    """A ViT classifier on the digits (4x4 patches, width 32 unless given)."""
     config = base_config()
     config.task = "classification"
     config.data = dict(name="digits_sklearn", data_dir=data_dir, crop_padding=0, flip=False)
-    config.model = dict(name="vit", patch_size=4, hidden_size=32, depth=1, num_heads=8,
-                        mlp_dim=64, pool_type="token", posemb="learn", head_zero_init=False)
+    config.model = dict(dict(name="vit", patch_size=4, hidden_size=32, depth=1, mlp_dim=64,
+                             head_zero_init=False), **model)
     config.batch_size = 32
-    _sgd(config, 0.05)
+    config.checkpoint.async_save = False
+    return config
+
+
+def classification(data_dir: str = "") -> ml_collections.ConfigDict:
+    config = _digits_vit(data_dir, num_heads=8, pool_type="token", posemb="learn")
+    _sgd(config, 0.1)
     config.checkpoint.every_steps = 2
     return config
 
 
 def process(data_dir: str = "") -> ml_collections.ConfigDict:
-    config = base_config()
-    config.task = "classification"
-    config.data = dict(name="digits_sklearn", data_dir=data_dir, crop_padding=0, flip=False)
-    config.model = dict(name="vit", patch_size=4, hidden_size=32, depth=1, num_heads=4,
-                        mlp_dim=64, dropout_rate=0.1, head_zero_init=False)
-    config.batch_size = 32
+    config = _digits_vit(data_dir, num_heads=4, dropout_rate=0.1)
     config.total_steps = 8
     config.optim.learning_rate = 1e-2
     config.optim.warmup_steps = 2
@@ -62,20 +64,14 @@ def process(data_dir: str = "") -> ml_collections.ConfigDict:
     config.eval_every_steps = 8
     config.checkpoint.every_steps = 2
     config.checkpoint.max_to_keep = 2
-    config.checkpoint.async_save = False
     return config
 
 
 def classifier(data_dir: str = "") -> ml_collections.ConfigDict:
-    config = base_config()
-    config.task = "classification"
-    config.data = dict(name="digits_sklearn", data_dir=data_dir, crop_padding=0, flip=False)
-    config.model = dict(name="vit", patch_size=4, hidden_size=16, depth=1, num_heads=2,
-                        mlp_dim=32, pool_type="gap", posemb="sincos2d", head_zero_init=False)
-    config.batch_size = 32
+    config = _digits_vit(data_dir, hidden_size=16, num_heads=2, mlp_dim=32, pool_type="gap",
+                         posemb="sincos2d")
     config.total_steps = 2
     config.eval_every_steps = 2
-    config.checkpoint.async_save = False
     return config
 
 
