@@ -17,7 +17,7 @@ from attn_jax.train.checkpoint import interrupted_saves
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was trained with (written to `<workdir>/config.json` at its start)."""
+    """The config of a run's newest checkpoint (`<workdir>/config.json`, written with each one)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a train.py workdir")
