@@ -42,6 +42,7 @@ def main(argv):
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
     from attn_jax.train import safety
 
+    sys.unraisablehook = safety.drop_event_loop_closed(sys.unraisablehook)
     config = FLAGS.config
     name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
     workdir = FLAGS.workdir or os.path.join("runs", name)

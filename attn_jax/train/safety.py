@@ -198,8 +198,10 @@ class _OneLine(logging.Filter):
         return True
 
 
-def _drop_event_loop_closed(hook: Callable) -> Callable:
-    def unraisable(info):  # tensorstore callbacks into the event loop of an aborted restore
+def drop_event_loop_closed(hook: Callable) -> Callable:
+    """`hook` (a sys.unraisablehook) minus the "Event loop is closed" errors of tensorstore
+    callbacks into the event loop of an aborted restore; they can come until the process ends."""
+    def unraisable(info):
         if not (isinstance(info.exc_value, RuntimeError) and "Event loop is closed" in
                 str(info.exc_value)):
             hook(info)
@@ -225,7 +227,7 @@ class RunGuard:
     def __enter__(self) -> RunGuard:
         for name in ("absl", "asyncio"):
             logging.getLogger(name).addFilter(self._filter)
-        sys.unraisablehook = _drop_event_loop_closed(self._hook)
+        sys.unraisablehook = drop_event_loop_closed(self._hook)
         if threading.current_thread() is threading.main_thread():  # signal.signal needs it
             signums = [signal.SIGINT] + ([] if self._service else [signal.SIGTERM])
             self._handlers = {s: signal.signal(s, self._on_signal) for s in signums}
