@@ -6,12 +6,17 @@
 
 Running again on a workdir that holds a checkpoint resumes from it. Several processes (a TPU pod,
 or `--num_processes`/`--process_id`/`--coordinator` by hand) each run this same command.
+
+Exit status: 0 done, 2 bad config, 3 NaN/Inf, 4 checkpoint error, 5 workdir in use, 75 preempted
+by SIGTERM/SIGINT with the step saved (rerun to resume); see attn_jax/train/safety.py.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import shlex
+import sys
 
 from absl import app, flags
 from ml_collections import config_flags
@@ -35,6 +40,18 @@ def main(argv):
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     logging.getLogger("absl").setLevel(logging.WARNING)
     logging.getLogger("jax._src.xla_bridge").setLevel(logging.WARNING)  # "no TPU" chatter
+    from attn_jax.train import safety
+
+    sys.unraisablehook = safety.drop_event_loop_closed(sys.unraisablehook)
+    config = FLAGS.config
+    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
+    workdir = FLAGS.workdir or os.path.join("runs", name)
+    if not (FLAGS.coordinator or FLAGS.num_processes or FLAGS.distributed):
+        try:  # a run that holds the workdir: say so now, before the slow imports
+            safety.WorkdirLock(workdir, probe=True)
+        except safety.WorkdirLocked as e:
+            _fail(e)
+
     import jax  # after flag parsing: XLA_FLAGS/JAX_PLATFORMS from the environment are in place
     import tensorflow_datasets as tfds
 
@@ -48,12 +65,28 @@ def main(argv):
 
     from attn_jax.train.loop import train_and_evaluate
 
-    config = FLAGS.config
-    name = os.path.splitext(os.path.basename(config_flags.get_config_filename(FLAGS["config"])))[0]
-    workdir = FLAGS.workdir or os.path.join("runs", name)
-    _, final = train_and_evaluate(config, workdir)
+    try:
+        _, final = train_and_evaluate(config, workdir)
+    except safety.Preempted as e:
+        if jax.process_index() == 0:
+            print(f"preempted by {e}; resume with: {shlex.join(['python', *sys.argv])}",
+                  flush=True)
+        sys.exit(e.exit_code)
+    except safety.TrainingError as e:
+        _fail(e)
     if jax.process_index() == 0:
         print("final: " + "  ".join(f"{k} {v:.4f}" for k, v in final.items()), flush=True)
+
+
+def _fail(e) -> None:
+    """A fault the trainer handled: its message as one line, and its exit status."""
+    from attn_jax.train import safety
+
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    if isinstance(e, safety.CheckpointError):
+        sys.stdout.flush()
+        os._exit(e.exit_code)  # orbax threads of a failed save would hold the exit for 300 s
+    sys.exit(e.exit_code)
 
 
 if __name__ == "__main__":

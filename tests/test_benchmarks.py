@@ -45,3 +45,20 @@ def test_model_flops_formula_gpt2_small(bench_lm):
     n = 124_439_808 - 1024 * 768
     expected = 6 * n + 12 * 12 * 768 * 1024
     assert bench_lm.model_flops_per_token(params, model.config, 1024) == expected
+
+
+@pytest.mark.slow
+def test_drill_kill9_resumes_bit_identically(tmp_path, capsys):
+    """One drill of benchmarks/drill_kill9.py on the tiny config (the full N=20 quickstart run is
+    in BENCHMARKS.md): killed at a random moment, the rerun ends as the straight run."""
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        drill = importlib.import_module("drill_kill9")
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+    config = Path(__file__).parent / "tiny_configs.py"
+    status = drill.main(["--n", "1", "--config", str(config), "--steps", "8", "--every", "2",
+                         "--warmup", "2",
+                         f"--config.data.data_dir={tmp_path / 'tfds'}"])
+    out = capsys.readouterr().out
+    assert status == 0 and "1 of 1 drills resumed bit-identical" in out, out

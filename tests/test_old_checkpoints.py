@@ -55,14 +55,14 @@ def test_old_checkpoint_loads_and_resumes(tmp_path, monkeypatch):
     restored = {}
     from attn_jax.train import checkpoint
 
-    original = checkpoint.Checkpointer.restore
+    original = checkpoint.Checkpointer._restore_verified
 
     def spy(self, step, abstract):
-        state, data = original(self, step, abstract)
+        state, *rest = original(self, step, abstract)
         restored["state"] = jax.device_get(state)  # the train step donates the arrays
-        return state, data
+        return (state, *rest)
 
-    monkeypatch.setattr(checkpoint.Checkpointer, "restore", spy)
+    monkeypatch.setattr(checkpoint.Checkpointer, "_restore_verified", spy)
     state, final = train_and_evaluate(config, old, jax.devices()[:1])
     assert int(state.step) == 8 and np.isfinite(final["test_loss"])
     for key, value in _flat(restored["state"].params).items():

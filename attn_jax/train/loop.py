@@ -28,6 +28,7 @@ import optax
 from attn_jax.attention import attention_platform
 from attn_jax.eval.evaluators import EvalContext, build_evaluators, run_due
 from attn_jax.tasks import get_task
+from attn_jax.train import safety
 from attn_jax.train import sharding as shd
 from attn_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from attn_jax.train.init import Initializer
@@ -142,7 +143,18 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       devices: the devices of the mesh (default: all devices of all processes).
     Returns:
       The final train state (sharded on the mesh) and the last evaluation's metrics.
+    Raises:
+      safety.TrainingError: a handled fault (see attn_jax/train/safety.py for each exit code).
     """
+    safety.check_config(config)
+    safety.lock_workdir(workdir, probe=True)  # a live run there: fail now, not after tracing
+    with safety.RunGuard() as guard:  # lock, signal handlers: released however the run ends
+        return _train_and_evaluate(config, workdir, devices, guard)
+
+
+def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                        devices: list[jax.Device] | None, guard: safety.RunGuard
+                        ) -> tuple[TrainState, dict[str, float]]:
     # -- checks and mesh (nothing written yet) --
     mesh = shd.make_mesh(dict(config.mesh), devices)
     attention_platform(mesh)  # the attention kernel is chosen for the mesh's devices
@@ -185,21 +197,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # -- workdir: writer, checkpoints, data --
     os.makedirs(workdir, exist_ok=True)
+    guard.lock(workdir)  # one train.py per workdir, before anything in it is touched
     writer = MetricWriter(workdir, enabled=primary)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint)
     train_iter = task.train_iterator(seed=seed, process_index=jax.process_index(),
                                      process_count=jax.process_count())
-    start = ckpt.latest_step()
+    start, restored = ckpt.restore_latest(abstract, config.to_dict())  # the newest that verifies
     if start is not None:
-        state, data_state = ckpt.restore(start, abstract)
+        state, data_state = restored
         train_iter.set_state(data_state)
         log.info("resumed from step %d", start)
     else:
         state = jax.jit(lambda: nn.unbox(init_state(jax.random.PRNGKey(seed))),
                         out_shardings=state_sh)()
     if primary:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
-            json.dump(config.to_dict(), f, indent=2, default=str)
         print(f"{config.task}: {n_params:,} parameters, mesh {dict(mesh.shape)}, "
               f"{jax.process_count()} process(es), {steps} steps, "
               f"{'resuming at step ' + str(start) if start is not None else 'from scratch'}",
@@ -211,7 +222,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     jit_train = None  # built on the first batch, when the batch's structure is known
 
     def save(step: int, metrics: dict[str, float] | None = None) -> None:
+        guard.flush(ckpt)  # a NaN/Inf state is never saved
         ckpt.save(step, state, train_iter.get_state(), config.to_dict(), metrics)
+        safety.write_config_json(workdir, config)  # describes the newest checkpoint
 
     # -- loop --
     step = int(jax.device_get(state.step))
@@ -219,7 +232,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     log_every = int(config.get("log_every_steps", 50))
     ckpt_every = int(config.checkpoint.get("every_steps", 0)) or steps
     debug = config.get("debug", ml_collections.ConfigDict())
-    final: dict[str, float] = {}
+    final: dict[str, float] = ckpt.eval_metrics(step) if step >= steps else {}  # a finished run
     try:
         while step < steps:
             host_batch = next(train_iter)
@@ -230,6 +243,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                                     out_shardings=(state_sh, None), donate_argnums=0)
             state, metrics = jit_train(state, batch)
             step += 1
+            guard.check_step(step, metrics, ckpt)  # NaN/Inf loss or grad norm, failed saves
             if debug.get("log_batches"):  # lets tests compare the batches two runs saw
                 _log_batch(workdir, step, host_batch, jax.process_index())
             if step % log_every == 0 or step == steps:
@@ -251,6 +265,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                 if debug.get("kill_after_step") == step:
                     ckpt.wait()
                     os.kill(os.getpid(), signal.SIGKILL)  # a crash between steps
+            guard.preempt_if_requested(step, ckpt, save)  # SIGTERM/SIGINT: save, exit 75
     finally:
         ckpt.close()  # waits for an in-flight save: an exception never loses a checkpoint
         writer.close()

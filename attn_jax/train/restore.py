@@ -19,8 +19,8 @@ from attn_jax.train.legacy import upgrade_params
 
 
 def load_config(workdir: str) -> ml_collections.ConfigDict:
-    """The config a run was trained with (written to `<workdir>/config.json` at its start), in
-    today's layout (`upgrade_config`: runs from before the evaluators still load)."""
+    """The config of a run's newest checkpoint (`<workdir>/config.json`, written with each one),
+    in today's layout (`upgrade_config`: runs from before the evaluators still load)."""
     path = os.path.join(workdir, "config.json")
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} does not exist: {workdir!r} is not a train.py workdir")
