@@ -11,7 +11,10 @@ Hardware: the 2-core CPU this repo is developed on (otherwise idle; 2.2-3.3 step
 Time: 2 h 1 min wall (2026-11-22, run F in BENCHMARKS.md). Result: 92.1% test accuracy (92.14%;
 test accuracy every 1000 steps: 78.7, 82.6, 84.2, 84.9, 86.4, 87.7, 88.8, 88.8, 89.3, 90.2, 90.8,
 90.6, 91.1, 91.6, 91.6, 91.8, 92.0, 92.0, 92.1, final 92.1). The same recipe for 34 epochs (run E)
-reached 91.91%; the earlier runs are in BENCHMARKS.md.
+reached 91.91%; the earlier runs are in BENCHMARKS.md. Measured before ViT moved onto the shared
+TransformerBlock (2026-12-01), which changed the random init and dropout streams: a 200-step
+check gives 63.9% (test loss 1.028) after against 65.1% (1.034) before; the full run is not
+repeated yet.
 """
 
 from attn_jax.train.config import base_config
