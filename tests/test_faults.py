@@ -97,11 +97,6 @@ def hashes(path) -> dict[str, str]:
             for f in files}
 
 
-def largest_file(step_dir) -> str:
-    return max((os.path.join(r, f) for r, _, fs in os.walk(step_dir) for f in fs),
-               key=os.path.getsize)
-
-
 @pytest.fixture(scope="module")
 def straight(data_dir, jax_cache, tmp_path_factory):
     """The reference: 8 steps straight through; checkpoints 2, 4, 6 and 8 kept."""
@@ -127,17 +122,34 @@ def good_files(workdir) -> dict[str, dict[str, str]]:
 
 
 # ------------------------------------------------------------------ damaged checkpoints
-# The issue's probes hit the largest array file. Its tail can hold bytes that no array reads
-# (OCDBT's layout varies from run to run): damage there changes nothing that is restored, and the
-# checksums rightly pass it. So the damage goes to the first quarter, which every array file's
-# readers need.
+# OCDBT leaves data files in a step that its manifest no longer references (which ones varies
+# from run to run: of one step's eight, six could be deleted and the state still restored). Damage
+# to one of those changes nothing that is read, and the checksums rightly pass it. So each probe
+# hits every array data file of the step: whichever the manifest reads is damaged.
+def data_files(step_dir) -> list[str]:
+    files = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(step_dir, "state"))
+             if os.path.basename(r) == "d" for f in fs]
+    assert files, f"no OCDBT data files under {step_dir}/state"
+    return files
+
+
 def _flip(step_dir):
-    """64 bytes inverted, a quarter into the largest array file."""
-    path = largest_file(step_dir)
-    data = bytearray(open(path, "rb").read())
-    at = len(data) // 4
-    data[at:at + 64] = bytes(b ^ 0xFF for b in data[at:at + 64])
-    open(path, "wb").write(bytes(data))
+    """64 bytes inverted, a quarter into each array data file."""
+    for path in data_files(step_dir):
+        data = bytearray(open(path, "rb").read())
+        at = len(data) // 4
+        data[at:at + 64] = bytes(b ^ 0xFF for b in data[at:at + 64])
+        open(path, "wb").write(bytes(data))
+
+
+def _truncate(step_dir):
+    for path in data_files(step_dir):
+        os.truncate(path, os.path.getsize(path) // 4)
+
+
+def _delete(step_dir):
+    for path in data_files(step_dir):
+        os.remove(path)
 
 
 def _empty(step_dir):
@@ -147,8 +159,8 @@ def _empty(step_dir):
 
 DAMAGE = {
     "flipped_bytes": _flip,
-    "truncated_file": lambda d: os.truncate(largest_file(d), os.path.getsize(largest_file(d)) // 4),
-    "deleted_file": lambda d: os.remove(largest_file(d)),
+    "truncated_file": _truncate,
+    "deleted_file": _delete,
     "deleted_manifest": lambda d: os.remove(os.path.join(d, "state", "manifest.ocdbt")),
     "deleted_metadata": lambda d: os.remove(os.path.join(d, "state", "_METADATA")),
     "empty_step_dir": _empty,
