@@ -10,3 +10,20 @@ os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# One persistent compilation cache for the whole run, shared by the xdist workers and every
+# train.py subprocess (they inherit the environment): the trainer re-jits its closures on each
+# call, and many tests compile the same programs (a straight run and its resumed twin, the same
+# tiny config on the same mesh). A fresh directory per run, so nothing carries over between runs.
+if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="attn_jax_test_jit_")
+    os.environ["ATTN_JAX_TEST_OWNS_JIT_CACHE"] = str(os.getpid())
+
+
+def pytest_unconfigure(config):
+    if os.environ.get("ATTN_JAX_TEST_OWNS_JIT_CACHE") == str(os.getpid()):
+        import shutil
+
+        shutil.rmtree(os.environ["JAX_COMPILATION_CACHE_DIR"], ignore_errors=True)

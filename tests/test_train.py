@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -42,31 +43,43 @@ def _flat(tree) -> dict[str, np.ndarray]:
     return {jax.tree_util.keystr(k): np.asarray(v) for k, v in jax.tree_util.tree_leaves_with_path(tree)}
 
 
+def _assert_same_run(workdir, state, final, ref_dir, ref_state, ref_eval, name, after=0):
+    """Losses (of the steps after `after`), parameters and eval metrics equal the reference's."""
+    np.testing.assert_allclose(_losses(workdir)[after:], _losses(ref_dir)[after:], rtol=2e-5,
+                               err_msg=name)
+    ref_params = _flat(ref_state.params)
+    for key, value in _flat(state.params).items():
+        np.testing.assert_allclose(value, ref_params[key], rtol=1e-4, atol=1e-6,
+                                   err_msg=f"{name}: {key}")
+    for key in ref_eval:
+        np.testing.assert_allclose(final[key], ref_eval[key], rtol=1e-4, err_msg=name)
+
+
 @pytest.mark.parametrize("task", sorted(TASK_CONFIGS))
-def test_same_losses_and_params_on_every_mesh(task, data_dir, tmp_path):
-    """Data parallel, FSDP, tensor parallel and a 2x2x2 mesh on 8 devices == 1 device."""
+def test_every_mesh_and_a_resume_onto_another_mesh_equal_one_device(task, data_dir, tmp_path):
+    """Data parallel on 8 devices == 1 device, for every task; for the ViT also FSDP, tensor
+    parallel and a 2x2x2 mesh (the other tasks run a mixed mesh in their own tests). Then the
+    8-way data-parallel run's step-2 checkpoint, resumed on 4-way FSDP x 2-way tensor parallel,
+    continues where it stopped and ends where the straight 1-device run ends."""
     config = TASK_CONFIGS[task](data_dir)
+    config.checkpoint.every_steps = 2
+    config.checkpoint.max_to_keep = 4
     config.mesh = dict(data=1, fsdp=1, tensor=1)
-    ref_state, ref_eval = train_and_evaluate(config, str(tmp_path / "one"), jax.devices()[:1])
-    ref_losses, ref_params = _losses(str(tmp_path / "one")), _flat(ref_state.params)
-    assert len(ref_losses) == config.total_steps and np.all(np.isfinite(ref_losses))
+    ref_dir = str(tmp_path / "one")
+    ref_state, ref_eval = train_and_evaluate(config, ref_dir, jax.devices()[:1])
+    ref_losses = _losses(ref_dir)
+    assert len(ref_losses) == config.total_steps == 4 and np.all(np.isfinite(ref_losses))
     if task == "classification":  # 4 noisy batches: judge learning on the test set, against
         assert ref_eval["test_loss"] < np.log(10)  # the uniform guess over 10 classes
     else:
         assert ref_losses[-1] < ref_losses[0]
-    meshes = {"dp": (8, 1, 1), "fsdp": (1, 8, 1), "tp": (1, 1, 8), "mixed": (2, 2, 2)}
-    if task != "classification":  # the 2x2x2 mesh runs in the task's own tests
-        meshes.pop("mixed")
+    meshes = {"dp": (8, 1, 1)}
+    if task == "classification":
+        meshes.update(fsdp=(1, 8, 1), tp=(1, 1, 8), mixed=(2, 2, 2))
     for name, mesh in meshes.items():
         config.mesh = dict(zip(("data", "fsdp", "tensor"), mesh))
         state, final = train_and_evaluate(config, str(tmp_path / name))
-        np.testing.assert_allclose(_losses(str(tmp_path / name)), ref_losses, rtol=2e-5,
-                                   err_msg=name)
-        for key, value in _flat(state.params).items():
-            np.testing.assert_allclose(value, ref_params[key], rtol=1e-4, atol=1e-6,
-                                       err_msg=f"{name}: {key}")
-        for key in ref_eval:
-            np.testing.assert_allclose(final[key], ref_eval[key], rtol=1e-4, err_msg=name)
+        _assert_same_run(str(tmp_path / name), state, final, ref_dir, ref_state, ref_eval, name)
         if task != "classification":
             continue
         if name == "fsdp":  # parameters really are split 8 ways
@@ -75,6 +88,25 @@ def test_same_losses_and_params_on_every_mesh(task, data_dir, tmp_path):
         if name == "tp":
             kernel = state.params["Transformer"]["encoderblock_0"]["self_attention"]["query"]["kernel"]
             assert kernel.sharding.shard_shape(kernel.shape)[1] == 1  # 8 heads over 8 devices
+
+    # The data-parallel run as it stood after step 2: later checkpoints and metrics gone.
+    moved = tmp_path / "moved"
+    shutil.copytree(tmp_path / "dp", moved)
+    for step in checkpoint_steps(str(moved)):
+        if step > 2:
+            shutil.rmtree(moved / "checkpoints" / str(step))
+    rows = [json.loads(line) for line in open(moved / "metrics.jsonl")]
+    with open(moved / "metrics.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows if r["step"] <= 2)
+    config.mesh = dict(data=1, fsdp=4, tensor=2)
+    state, final = train_and_evaluate(config, str(moved))
+    assert int(state.step) == 4
+    assert [r["step"] for r in map(json.loads, open(moved / "metrics.jsonl"))
+            if r["split"] == "train"] == [1, 2, 3, 4]
+    if task == "classification":
+        kernel = state.params["Transformer"]["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
+        assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
+    _assert_same_run(str(moved), state, final, ref_dir, ref_state, ref_eval, "resumed", after=2)
 
 
 def test_gradient_accumulation_equals_the_full_batch(data_dir, tmp_path):
@@ -255,26 +287,3 @@ def test_training_features_and_determinism(data_dir, tmp_path):
     assert {"test_accuracy", "ema_test_accuracy", "test_loss"} <= set(runs["a"][2])
     events = os.listdir(tmp_path / "a" / "tensorboard")
     assert events and all(os.path.getsize(tmp_path / "a" / "tensorboard" / e) > 0 for e in events)
-
-
-@pytest.mark.parametrize("task", sorted(TASK_CONFIGS))
-def test_resume_onto_a_different_mesh(task, data_dir, tmp_path):
-    """Checkpoint written from an 8-way data-parallel mesh, resumed on 4-way FSDP x 2-way tensor
-    parallel: the run continues where it stopped and ends where a straight 1-device run ends."""
-    config = TASK_CONFIGS[task](data_dir)
-    config.mesh = dict(data=1, fsdp=1, tensor=1)
-    straight, _ = train_and_evaluate(config, str(tmp_path / "straight"), jax.devices()[:1])
-    workdir = str(tmp_path / "moved")
-    config.total_steps = 2
-    config.mesh = dict(data=8, fsdp=1, tensor=1)
-    train_and_evaluate(config, workdir)
-    config.total_steps = 4
-    config.mesh = dict(data=1, fsdp=4, tensor=2)
-    moved, _ = train_and_evaluate(config, workdir)
-    assert int(moved.step) == 4
-    if task == "classification":
-        kernel = moved.params["Transformer"]["encoderblock_0"]["mlp"]["Dense_0"]["kernel"]
-        assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp", "tensor")
-    np.testing.assert_allclose(_losses(workdir), _losses(str(tmp_path / "straight")), rtol=2e-5)
-    for key, value in _flat(moved.params).items():
-        np.testing.assert_allclose(value, _flat(straight.params)[key], rtol=1e-4, atol=1e-6)
