@@ -142,7 +142,7 @@ def test_gpt2_scaled_residual_init():
     Sample stds over >= 24k draws are within 5% (their standard error is ~0.5%)."""
     cfg = TransformerConfig.gpt2_small(vocab_size=50, emb_dim=64, num_heads=4, mlp_dim=256,
                                        num_decoder_layers=6, max_len=16)
-    params = nn.unbox(jax.jit(DecoderOnlyLM(cfg).init)(
+    params = nn.unbox(DecoderOnlyLM(cfg).init(
         jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"])
     stds = _kernel_stds(params["decoder"], ("self_attention",))
     scaled = 0.02 / np.sqrt(2 * 6)
@@ -153,13 +153,13 @@ def test_gpt2_scaled_residual_init():
 
     # Without the flag every kernel is N(0, 0.02); an encoder-decoder scales each stack by its
     # own count of residual sublayers (2 per encoder layer, 3 per decoder layer).
-    plain = nn.unbox(jax.jit(DecoderOnlyLM(cfg.replace(scale_residual_init=False)).init)(
+    plain = nn.unbox(DecoderOnlyLM(cfg.replace(scale_residual_init=False)).init(
         jax.random.key(0), jnp.ones((1, 4), jnp.int32))["params"])
     for kind, std in _kernel_stds(plain["decoder"], ("self_attention",)).items():
         assert abs(std / 0.02 - 1) < 0.05, (kind, std)
     ed = tiny(emb_dim=64, num_heads=4, num_kv_heads=None, mlp_dim=256, num_encoder_layers=4,
               num_decoder_layers=4, init_std=0.02, scale_residual_init=True)
-    ed_params = nn.unbox(jax.jit(EncoderDecoder(ed).init)(
+    ed_params = nn.unbox(EncoderDecoder(ed).init(
         jax.random.key(1), jnp.ones((1, 4), jnp.int32), jnp.ones((1, 4), jnp.int32))["params"])
     for stack, sublayers, n in [("encoder", ("self_attention",), 8),
                                 ("decoder", ("self_attention", "cross_attention"), 12)]:
