@@ -30,6 +30,10 @@ flags.DEFINE_string("workdir", None, "Checkpoints, metrics and artefacts go here
 flags.DEFINE_string("coordinator", None, "host:port of process 0, for multi-process runs.")
 flags.DEFINE_integer("num_processes", None, "Number of processes in a multi-process run.")
 flags.DEFINE_integer("process_id", None, "This process's index in a multi-process run.")
+flags.DEFINE_bool("jit_cache", True, "Keep compiled programs in JAX's persistent compilation "
+                  "cache, so that reruns and resumes skip compiling (attn_jax/train/jit_cache.py).")
+flags.DEFINE_string("jit_cache_dir", None, "The cache's directory (default: "
+                    "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/attn_jax/jit).")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with its "
                   "auto-detection (Cloud TPU pods, SLURM).")
 FLAGS = flags.FLAGS
@@ -54,6 +58,10 @@ def main(argv):
 
     import jax  # after flag parsing: XLA_FLAGS/JAX_PLATFORMS from the environment are in place
     import tensorflow_datasets as tfds
+
+    from attn_jax.train import jit_cache
+
+    jit_cache.configure(FLAGS.jit_cache, FLAGS.jit_cache_dir)  # before anything compiles
 
     tfds.disable_progress_bar()
 

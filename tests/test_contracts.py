@@ -78,8 +78,8 @@ def test_second_family_trains_decodes_and_is_scored(name, kind, registered, tmp_
     task = tasks.get_task("seq2seq")(config)
     params = jax.device_get(state.params)
     sources, references = task.decode_references("test", 20)
-    greedy = task.translate(params, [s for s, _ in task._limited("test", 20)])
-    beam = task.translate(params, [s for s, _ in task._limited("test", 20)], beam_size=3)
+    greedy = task.translate(params, [s for s, _ in task.decode_pairs("test", 20)])
+    beam = task.translate(params, [s for s, _ in task.decode_pairs("test", 20)], beam_size=3)
     np.testing.assert_allclose(final["test_exact_match"], text.exact_match(greedy, references))
     np.testing.assert_allclose(final["test_bleu"], text.bleu(greedy, references), atol=1e-6)
     assert len(beam) == len(greedy) == 20 and len(sources) == 20

@@ -58,11 +58,16 @@ class EvalContext:
 
 
 class Evaluator:
-    """Base: `Config` declares the keys (every one with a default); `run` returns metrics."""
+    """Base: `Config` declares the keys (every one with a default); `run` returns metrics.
+
+    Every evaluator's Config extends this one: `every_steps` (0 = the task's eval_every_steps)
+    and `ema` (use the EMA parameters when the run keeps them: metric evaluators report both
+    sets, the EMA one `ema_`-prefixed; evaluators that draw samples draw from the EMA set)."""
 
     @dataclasses.dataclass(frozen=True)
     class Config:
         every_steps: int = 0
+        ema: bool = True
 
     def __init__(self, name: str, cfg: Any, task: Any, default_every: int):
         self.name, self.cfg, self.task = name, cfg, task
@@ -83,10 +88,8 @@ class LossEvaluator(Evaluator):
     `eval_metrics` (e.g. perplexity)."""
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        every_steps: int = 0
+    class Config(Evaluator.Config):
         splits: tuple[str, ...] = ()    # default: the task's eval_splits()
-        ema: bool = True
 
     def __init__(self, name, cfg, task, default_every):
         super().__init__(name, cfg, task, default_every)
@@ -156,15 +159,13 @@ class DecodeEvaluator(Evaluator):
     example outputs written to TensorBoard and printed."""
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        every_steps: int = 0
+    class Config(Evaluator.Config):
         splits: tuple[str, ...] = ()    # default: the task's eval_splits()
         max_examples: int = 0           # 0 = the whole split
         beam_size: int = 1              # 1 = greedy
         length_penalty: float = 0.6     # GNMT alpha (Wu et al. 2016, eq. 14)
         max_decode_len: int = 0         # 0 = the task's target length
         num_examples_shown: int = 5
-        ema: bool = True
 
     def __init__(self, name, cfg, task, default_every):
         super().__init__(name, cfg, task, default_every)
@@ -206,8 +207,7 @@ class SampleTextEvaluator(Evaluator):
     to TensorBoard and printed; no metrics."""
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        every_steps: int = 0
+    class Config(Evaluator.Config):
         prompt: str = ""
         length: int = 200
         num_samples: int = 1
@@ -215,7 +215,6 @@ class SampleTextEvaluator(Evaluator):
         top_k: int = 0                  # 0 = off
         top_p: float = 0.0              # 0 = off
         seed: int = 0
-        ema: bool = True                # sample from the EMA parameters when kept
 
     def __init__(self, name, cfg, task, default_every):
         super().__init__(name, cfg, task, default_every)
@@ -240,11 +239,9 @@ class SamplesEvaluator(Evaluator):
     `<workdir>/samples/step_<N>.png` and TensorBoard; no metrics."""
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        every_steps: int = 0
+    class Config(Evaluator.Config):
         num_images: int = 64
         seed: int = 0
-        ema: bool = True
 
     def __init__(self, name, cfg, task, default_every):
         super().__init__(name, cfg, task, default_every)
@@ -270,14 +267,12 @@ class FidEvaluator(Evaluator):
     classifier trained with this repo (`attn_jax.eval.fid`): 'fid'."""
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        every_steps: int = 0
+    class Config(Evaluator.Config):
         classifier_workdir: str = ""
         num_samples: int = 1000
         split: str = "test"
         batch_size: int = 256
         seed: int = 1
-        ema: bool = True
 
     def __init__(self, name, cfg, task, default_every):
         super().__init__(name, cfg, task, default_every)
@@ -340,13 +335,11 @@ class BitsPerDimEvaluator(Evaluator):
     '_decoder_bpd'."""
 
     @dataclasses.dataclass(frozen=True)
-    class Config:
-        every_steps: int = 0
+    class Config(Evaluator.Config):
         split: str = "test"
         max_examples: int = 64
         batch_size: int = 64
         seed: int = 0
-        ema: bool = True
 
     def run(self, ctx):
         out = {}

@@ -24,6 +24,7 @@ import functools
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import jax
 import jax.numpy as jnp
 
 from attn_jax import decoding
@@ -31,6 +32,7 @@ from attn_jax.data import text
 from attn_jax.data.datasets.digits import digits_words
 from attn_jax.data.seq2seq import image_text_dataset
 from attn_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
+from attn_jax.eval.evaluators import predict_texts
 from attn_jax.models.protocols import EncoderDecoderModel, check_implements
 from attn_jax.losses import cross_entropy_with_label_smoothing
 from attn_jax.tasks.sequence import SequenceTask, TokenizerConfig
@@ -206,7 +208,9 @@ class Seq2SeqTask(SequenceTask):
         return functools.partial(decoding.decode, self.model, max_len=max_len, eos_id=EOS_ID,
                                  beam_size=beam_size, alpha=alpha)
 
-    def _limited(self, split: str, max_examples: int) -> Sequence[tuple[Any, str]]:
+    def decode_pairs(self, split: str, max_examples: int = 0) -> Sequence[tuple[Any, str]]:
+        """The first `max_examples` (0 = all) (source, target string) pairs of `split`: what the
+        decode evaluator decodes and scores."""
         source = self.pairs(split)
         n = min(max_examples, len(source)) if max_examples else len(source)
         return [source[i] for i in range(n)]
@@ -214,22 +218,19 @@ class Seq2SeqTask(SequenceTask):
     def decode_references(self, split: str, max_examples: int = 0
                           ) -> tuple[list[str], list[str]]:
         """(printable sources, reference strings) of the first `max_examples` (0 = all)."""
-        pairs = self._limited(split, max_examples)
+        pairs = self.decode_pairs(split, max_examples)
         sources = [f"<image {i}>" if self.image_source else s for i, (s, _) in enumerate(pairs)]
         return sources, [t for _, t in pairs]
 
     def decode_batches(self, split: str, max_examples: int = 0, *, process_index: int = 0,
                        process_count: int = 1):
         """One pass of host batches over the first `max_examples` examples of `split`."""
-        return self._dataset(self._limited(split, max_examples), False, 0, process_index,
+        return self._dataset(self.decode_pairs(split, max_examples), False, 0, process_index,
                              process_count)
 
     def translate(self, params: Any, sources: Sequence[Any], mesh=None, *, beam_size: int = 1,
                   alpha: float = 0.6, max_len: int = 0) -> list[str]:
         """Decoded target strings for `sources` (every process passes the same list)."""
-        import jax
-
-        from attn_jax.eval.evaluators import predict_texts
 
         pairs = [(s, "") for s in sources]
         predict = jax.jit(self.predict_tokens_fn(max_len or self.max_tgt_len, beam_size, alpha))
