@@ -24,7 +24,7 @@ FASHION_MNIST_HINT = (
     "install the Debian package (`apt-get install dataset-fashion-mnist`, files under "
     f"{DEFAULT_FASHION_MNIST_DIR}) or download the four *-ubyte.gz files from "
     "https://github.com/zalandoresearch/fashion-mnist and pass their directory as source_dir "
-    f"or in ${FASHION_MNIST_DIR_ENV}"
+    f"(train.py: --config.data.source_dir=DIR) or in ${FASHION_MNIST_DIR_ENV}"
 )
 FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                          "sneaker", "bag", "ankle_boot")
