@@ -245,6 +245,7 @@ def test_sentencepiece_is_saved_in_the_workdir_and_reused_on_resume(trainer, dat
 
     monkeypatch.setattr(SentencePieceTokenizer, "train", no_training)
     config.total_steps = 4
+    config.allow_changes = "total_steps"  # continuing the 2-step run on purpose
     trainer(config, workdir, jax.devices()[:1])
     assert (workdir / "spm.model").read_bytes() == model
     assert [r["step"] for r in _rows(str(workdir)) if r["split"] == "train"] == [1, 2, 3, 4]

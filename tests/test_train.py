@@ -269,6 +269,7 @@ def test_resume_onto_a_different_mesh(task, data_dir, tmp_path):
     config.mesh = dict(data=8, fsdp=1, tensor=1)
     train_and_evaluate(config, workdir)
     config.total_steps = 4
+    config.allow_changes = "total_steps"  # continuing the 2-step run to 4 on purpose
     config.mesh = dict(data=1, fsdp=4, tensor=2)
     moved, _ = train_and_evaluate(config, workdir)
     assert int(moved.step) == 4
