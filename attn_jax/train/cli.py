@@ -102,8 +102,8 @@ def load_config_file(spec: str, configs_dir: str) -> ml_collections.ConfigDict:
 
 
 def unknown_override(config: ml_collections.ConfigDict, key: str) -> str | None:
-    """'--config.data.flipp: config.data has no key 'flipp' (did you mean 'flip'?) ...' for an
-    override path that does not exist in `config`; None when it does."""
+    """"--config.data.flipp: config.data has no key 'flipp' (did you mean --config.data.flip?);
+    its keys: [...]" for an override path that does not exist in `config`; None when it does."""
     node: Any = config
     parts = key.split(".")
     for depth, part in enumerate(parts):
