@@ -25,6 +25,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from attn_jax import progress as progress_lib
 from attn_jax.attention import attention_platform
 from attn_jax.eval.evaluators import EvalContext, build_evaluators, run_due
 from attn_jax.tasks import get_task
@@ -32,7 +33,7 @@ from attn_jax.train import safety
 from attn_jax.train import sharding as shd
 from attn_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from attn_jax.train.init import Initializer
-from attn_jax.train.metric_writer import MetricWriter, Progress
+from attn_jax.train.metric_writer import MetricWriter, TrainProgress
 from attn_jax.train.optim import ParamGroups, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -211,6 +212,8 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         state = jax.jit(lambda: nn.unbox(init_state(jax.random.PRNGKey(seed))),
                         out_shardings=state_sh)()
     if primary:
+        print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+        print(f"devices: {describe_devices(mesh)}", flush=True)
         print(f"{config.task}: {n_params:,} parameters, mesh {dict(mesh.shape)}, "
               f"{jax.process_count()} process(es), {steps} steps, "
               f"{'resuming at step ' + str(start) if start is not None else 'from scratch'}",
@@ -228,7 +231,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
 
     # -- loop --
     step = int(jax.device_get(state.step))
-    progress = Progress(steps, step, enabled=primary)
+    progress = TrainProgress(steps, step, enabled=primary)
     log_every = int(config.get("log_every_steps", 50))
     ckpt_every = int(config.checkpoint.get("every_steps", 0)) or steps
     debug = config.get("debug", ml_collections.ConfigDict())
@@ -244,19 +247,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             state, metrics = jit_train(state, batch)
             step += 1
             guard.check_step(step, metrics, ckpt)  # NaN/Inf loss or grad norm, failed saves
+            log_now = step % log_every == 0 or step == steps
+            progress.update_to(step, quiet=log_now)  # a line at a steady rhythm between logs
             if debug.get("log_batches"):  # lets tests compare the batches two runs saw
                 _log_batch(workdir, step, host_batch, jax.process_index())
-            if step % log_every == 0 or step == steps:
+            if log_now:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                writer.scalars(step, "train", {**metrics, "steps_per_sec":
-                                               progress.report(step, metrics)})
+                rate = progress.report(step, metrics)
+                writer.scalars(step, "train", {**metrics, **(
+                    {"steps_per_sec": rate} if rate is not None else {})})
             eval_metrics = run_due(evaluators, EvalContext(
                 state.params, state.ema_params, step, workdir, writer, mesh, param_sh), steps)
             if eval_metrics is not None:
                 writer.scalars(step, "eval", eval_metrics)
                 if primary:
-                    print(f"eval @ {step}: " + "  ".join(
-                        f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
+                    progress_lib.echo(f"eval @ {step}: " + "  ".join(
+                        f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                 final = {**final, **eval_metrics}
             if step % ckpt_every == 0 or step == steps:
                 save(step, eval_metrics)
@@ -267,9 +273,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     os.kill(os.getpid(), signal.SIGKILL)  # a crash between steps
             guard.preempt_if_requested(step, ckpt, save)  # SIGTERM/SIGINT: save, exit 75
     finally:
+        progress.close()
         ckpt.close()  # waits for an in-flight save: an exception never loses a checkpoint
         writer.close()
     return state, final
+
+
+def describe_devices(mesh: jax.sharding.Mesh) -> str:
+    """'8 x cpu' or '2 x NVIDIA H200 (gpu) over 2 processes': the mesh's devices by kind."""
+    kinds: dict[str, int] = {}
+    for d in mesh.devices.flat:
+        kind = d.device_kind if d.device_kind.lower() == d.platform else (
+            f"{d.device_kind} ({d.platform})")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    out = ", ".join(f"{n} x {kind}" for kind, n in kinds.items())
+    processes = len({d.process_index for d in mesh.devices.flat})
+    return out + (f" over {processes} processes" if processes > 1 else "")
 
 
 def _log_batch(workdir: str, step: int, batch: Mapping[str, np.ndarray], process: int) -> None:
