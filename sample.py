@@ -165,7 +165,10 @@ def main(argv: list[str] | None = None) -> dict:
     np.savez(os.path.join(out_dir, "samples.npz"),
              images=images if images is not None else np.zeros((0, *task.image_shape), np.uint8),
              **{k: np.asarray(v) for k, v in result.items()})
-    print(json.dumps(result), flush=True)
+    written = ["samples.png"] if images is not None else []
+    print(f"wrote {', '.join(written + ['samples.npz'])} to {os.path.abspath(out_dir)}",
+          flush=True)
+    print(json.dumps(result), flush=True)  # the last line: the settings and scores
     return result
 
 
