@@ -7,13 +7,14 @@ builds): one mechanism, a live bar on a terminal and plain lines everywhere else
             p.update()
 
 Off a terminal (logs, CI) a line is printed at a steady wall-clock rhythm, never a carriage
-return:
+return: whenever the rhythm has passed since the last line any phase printed (a phase's own
+metrics lines and `echo` count), so no stretch of work is silent for longer:
 
     eval test loss: 40/313 batches (13%)  3.20 batches/s  elapsed 0:00:15  ETA 0:01:25
 
 On a terminal (stdout a TTY) tqdm draws one live line with the same numbers. The rate, and so
 the ETA, is measured from the first update on: the first iteration, which compiles, is left out
-of the ETA (it is in `elapsed`). A phase shorter than the rhythm prints nothing.
+of the ETA (it is in `elapsed`). A short phase within the rhythm prints nothing.
 
 Environment:
   ATTN_JAX_PROGRESS_SECONDS  the rhythm of the plain lines, in seconds (default 20)
@@ -43,6 +44,7 @@ MODES = ("auto", "bar", "lines", "off")
 _lock = threading.RLock()
 _live_bars: list[Any] = []          # tqdm bars on screen (lines are written above them)
 _scan_target: list[tuple[Any, int]] = []  # (Progress, offset) receiving scan ticks
+_last_output = [time.perf_counter()]      # when any phase last printed a line
 
 
 def rhythm_seconds() -> float:
@@ -95,6 +97,7 @@ def echo(line: str, stream: TextIO | None = None) -> None:
     """Prints a line without breaking a live bar (tqdm.write above it when one is drawn)."""
     stream = stream or sys.stdout
     with _lock:
+        _last_output[0] = time.perf_counter()
         if _live_bars:
             from tqdm import tqdm
 
@@ -125,7 +128,7 @@ class Progress:
         self.stream = stream or sys.stdout
         enabled = _primary() if enabled is None else enabled
         self.mode = _mode(self.stream) if enabled else "off"
-        self.started = self._last_line = self._last_update = time.perf_counter()
+        self.started = self._last_update = time.perf_counter()
         self._first: tuple[float, int] | None = None  # (time, done) at the first update
         self._window: tuple[float, int] | None = None  # start of the current rate window
         self.lines = 0                                # plain lines printed
@@ -160,7 +163,7 @@ class Progress:
             if self._bar is not None:
                 self._bar.set_postfix_str(self._numbers(now, False), refresh=False)
                 self._bar.update(delta)
-            elif self.mode == "lines" and not quiet and now - self._last_line >= self.every:
+            elif self.mode == "lines" and not quiet and now - _last_output[0] >= self.every:
                 self._print(f"{self.desc}: {self._numbers(now)}", now)
 
     def rate(self, now: float | None = None) -> float | None:
@@ -210,13 +213,12 @@ class Progress:
     # -- output --
     def _print(self, line: str, now: float) -> None:
         self.lines += 1
-        self._last_line = now
+        _last_output[0] = now
         print(line, file=self.stream, flush=True)
 
     def write(self, line: str) -> None:
         """A line of this phase's own (a metrics line): above the bar, and it restarts the
         rhythm, so no plain progress line follows right after it."""
-        self._last_line = time.perf_counter()
         if self.mode != "off":
             echo(line, self.stream)
 

@@ -39,6 +39,7 @@ class FakeClock:
 def clock(monkeypatch):
     fake = FakeClock()
     monkeypatch.setattr(progress.time, "perf_counter", fake)
+    monkeypatch.setattr(progress, "_last_output", [fake.now])  # the last line: now
     monkeypatch.delenv(progress.MODE_ENV, raising=False)
     return fake
 
@@ -74,6 +75,27 @@ def test_a_phase_shorter_than_the_rhythm_prints_nothing(clock):
             clock.now += 1
             p.update()
     assert out.getvalue() == ""
+
+
+def test_the_rhythm_runs_across_phases(clock):
+    """Short phases one after the other: a line whenever 20 s passed since the last line of any
+    phase, so the output is never silent for longer than the rhythm while work goes on."""
+    out = io.StringIO()
+    with progress.Progress("eval a", 2, unit="batches", every=20, stream=out, enabled=True) as a:
+        clock.now += 21
+        a.update()  # 21 s after the last line: a line
+        clock.now += 1
+        a.update()
+    # a's closing line, at 22 s, restarts the rhythm for the next phase
+    with progress.Progress("eval b", 30, unit="batches", every=20, stream=out,
+                           enabled=True) as b:
+        for _ in range(30):
+            clock.now += 1
+            b.update()
+    lines = parsed(out.getvalue())
+    assert [(l["desc"], l["done"]) for l in lines] == [("eval a", "1"), ("eval b", "20")]
+    b_line = out.getvalue().splitlines()[2]
+    assert b_line.startswith("eval b: 20/30") and b_line.endswith("ETA 0:00:10")
 
 
 def test_the_rhythm_comes_from_the_environment(monkeypatch):
