@@ -343,8 +343,6 @@ def bits_per_dim(task: Any, params: Any, *, split: str = "test", max_examples: i
     desc = f"bits/dim of {split} ({max_examples or 'all'} images)"
     with progress.Progress(desc, total * steps if total else None, unit="steps") as p:
         for i, batch in enumerate(batches):
-            if max_examples is not None and count >= max_examples:
-                break
             if mesh is not None:  # host rows -> global arrays; the mask comes back whole
                 batch = shd.global_batch(mesh, {"image": batch["image"], "mask": batch["mask"]})
             with p.scan(offset=i * steps):
@@ -358,6 +356,8 @@ def bits_per_dim(task: Any, params: Any, *, split: str = "test", max_examples: i
             for k, v in out.items():
                 sums[k] = sums.get(k, 0.0) + float((v * mask).sum())
             count += int(mask.sum())
+            if max_examples is not None and count >= max_examples:
+                break  # before the iterator reads another batch
     if count == 0:
         raise ValueError(f"no examples in split {split!r}")
     return {**{k: v / count for k, v in sums.items()}, "num_examples": count, "num_rows": rows}
