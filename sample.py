@@ -108,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
         config, params = load_params(args.workdir, step, ema=ema)
     except (FileNotFoundError, ValueError) as e:  # a step that was not saved, no EMA kept
         _fail(str(e))
+    print(f"workdir: {os.path.abspath(args.workdir)} (step {step}, "
+          f"{'EMA' if ema else 'raw'} parameters); devices: "
+          f"{shd.describe_devices(jax.devices())}", flush=True)
     task = DiffusionTask(config)
     # Defaults from the run's fid evaluator (config.evals.NAME with type 'fid'), if it had one.
     fid_eval = next((dict(e) for e in dict(config.get("evals") or {}).values()

@@ -213,7 +213,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                         out_shardings=state_sh)()
     if primary:
         print(f"workdir: {os.path.abspath(workdir)}", flush=True)
-        print(f"devices: {describe_devices(mesh)}", flush=True)
+        print(f"devices: {shd.describe_devices(mesh.devices.flat)}", flush=True)
         print(f"{config.task}: {n_params:,} parameters, mesh {dict(mesh.shape)}, "
               f"{jax.process_count()} process(es), {steps} steps, "
               f"{'resuming at step ' + str(start) if start is not None else 'from scratch'}",
@@ -277,18 +277,6 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
         ckpt.close()  # waits for an in-flight save: an exception never loses a checkpoint
         writer.close()
     return state, final
-
-
-def describe_devices(mesh: jax.sharding.Mesh) -> str:
-    """'8 x cpu' or '2 x NVIDIA H200 (gpu) over 2 processes': the mesh's devices by kind."""
-    kinds: dict[str, int] = {}
-    for d in mesh.devices.flat:
-        kind = d.device_kind if d.device_kind.lower() == d.platform else (
-            f"{d.device_kind} ({d.platform})")
-        kinds[kind] = kinds.get(kind, 0) + 1
-    out = ", ".join(f"{n} x {kind}" for kind, n in kinds.items())
-    processes = len({d.process_index for d in mesh.devices.flat})
-    return out + (f" over {processes} processes" if processes > 1 else "")
 
 
 def _log_batch(workdir: str, step: int, batch: Mapping[str, np.ndarray], process: int) -> None:
