@@ -222,7 +222,9 @@ class Progress:
         if self.mode != "off":
             echo(line, self.stream)
 
-    def close(self) -> None:
+    def close(self, finished: bool = True) -> None:
+        """Ends the phase; a phase that printed lines and `finished` says so in a last line (one
+        cut short by an error or a signal does not claim to be done)."""
         with _lock:
             if self._closed:
                 return
@@ -233,7 +235,7 @@ class Progress:
                                           refresh=False)
                 self._bar.close()
                 _live_bars.remove(self._bar)
-            elif self.lines:  # the phase showed progress: say that it ended
+            elif self.lines and finished:  # the phase showed progress: say that it ended
                 rate = self.rate(self._last_update)
                 self._print(f"{self.desc}: done, {self.done} {self.unit} in "
                             f"{hms(self.elapsed(now))}"
@@ -242,8 +244,8 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
+    def __exit__(self, exc_type: Any, *exc: Any) -> None:
+        self.close(finished=exc_type is None)
 
     # -- helpers --
     def track(self, iterable: Iterable[Any]) -> Iterator[Any]:

@@ -68,6 +68,15 @@ def test_lines_keep_the_rhythm_and_the_eta_leaves_out_the_compiling_first_iterat
     assert text.splitlines()[-1] == "eval test loss: done, 10 batches in 0:00:39 (1 batches/s)"
 
 
+def test_a_phase_cut_short_does_not_say_done(clock):
+    out = io.StringIO()
+    with pytest.raises(KeyboardInterrupt):
+        with progress.Progress("train", 10, unit="steps", every=0, stream=out, enabled=True) as p:
+            p.update()
+            raise KeyboardInterrupt
+    assert parsed(out.getvalue()) and "done" not in out.getvalue()
+
+
 def test_a_phase_shorter_than_the_rhythm_prints_nothing(clock):
     out = io.StringIO()
     with progress.Progress("sampling", 4, unit="steps", every=20, stream=out, enabled=True) as p:

@@ -273,7 +273,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     os.kill(os.getpid(), signal.SIGKILL)  # a crash between steps
             guard.preempt_if_requested(step, ckpt, save)  # SIGTERM/SIGINT: save, exit 75
     finally:
-        progress.close()
+        progress.close(finished=step >= steps)
         ckpt.close()  # waits for an in-flight save: an exception never loses a checkpoint
         writer.close()
     return state, final
