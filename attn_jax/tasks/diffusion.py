@@ -35,7 +35,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from attn_jax import data
+from attn_jax import data, progress
+from attn_jax.data.batcher import CountedBatches
 from attn_jax.diffusion import (LOSS_TYPES, MEAN_TYPES, SCHEDULES, VAR_TYPES, GaussianDiffusion,
                                 ddim_sample, ddpm_sample, linear_beta_schedule)
 from attn_jax.eval import fid as fid_lib
@@ -204,9 +205,13 @@ class DiffusionTask(Task):
         batch = batch_size or int(self.config.batch_size)
         local = batch // process_count
         it = self._iterator(split, False, 0, process_index, process_count, batch)
-        for step, host_batch in enumerate(it):
-            start = step * batch + process_index * local
-            yield {**host_batch, "index": np.arange(start, start + local, dtype=np.int32)}
+
+        def indexed():
+            for step, host_batch in enumerate(it):
+                start = step * batch + process_index * local
+                yield {**host_batch, "index": np.arange(start, start + local, dtype=np.int32)}
+
+        return CountedBatches(indexed(), getattr(it, "num_batches", None))
 
     # -- losses --
     def _apply(self, params: Any, x: jax.Array, t: jax.Array, rng: jax.Array | None = None):
@@ -262,13 +267,15 @@ class DiffusionTask(Task):
             return self._samplers[cache_key]
         shape = (batch_size, *self.image_shape)
         clip = bool(s["clip_denoised"])
+        tick = progress.scan_ticker(self.sampler_steps(s["sampler"], s["num_steps"]))
 
         def sample(params: Any, rng: jax.Array) -> jax.Array:
             model_fn = lambda x, t: self._apply(params, x, t)  # noqa: E731
             if s["sampler"] == "ddpm":
-                return ddpm_sample(self.diffusion, model_fn, rng, shape, clip_denoised=clip)
+                return ddpm_sample(self.diffusion, model_fn, rng, shape, clip_denoised=clip,
+                                   on_step=tick)
             return ddim_sample(self.diffusion, model_fn, rng, shape, num_steps=int(s["num_steps"]),
-                               eta=float(s["eta"]), clip_denoised=clip)
+                               eta=float(s["eta"]), clip_denoised=clip, on_step=tick)
 
         if mesh is None:
             fn = jax.jit(sample)
@@ -279,14 +286,29 @@ class DiffusionTask(Task):
         self._samplers[cache_key] = fn
         return fn
 
+    def sampler_steps(self, sampler: str | None = None, num_steps: int | None = None) -> int:
+        """Model calls per sample: T for DDPM, num_steps for DDIM (defaults: the config)."""
+        sampler = sampler or self.sampling_cfg["sampler"]
+        if sampler == "ddpm":
+            return self.diffusion.num_timesteps
+        return int(num_steps or self.sampling_cfg["num_steps"])
+
     def generate(self, params: Any, num: int, rng: jax.Array, mesh: Mesh | None = None,
-                 batch_size: int | None = None, **settings: Any) -> np.ndarray:
+                 batch_size: int | None = None, desc: str = "sampling", **settings: Any
+                 ) -> np.ndarray:
         """`num` samples float32 `[num, H, W, C]` in [-1, 1], in batches of `batch_size` (default
-        num_images) from one jitted sampler; batch i uses `fold_in(rng, i)`."""
+        num_images) from one jitted sampler; batch i uses `fold_in(rng, i)`. Progress (`desc`)
+        counts sampler steps over all batches."""
         batch_size = batch_size or int(self.sampling_cfg["num_images"]) or num
         fn = self.sampler(batch_size, mesh, **settings)
-        out = [shd.to_host(fn(params, jax.random.fold_in(rng, i)))
-               for i in range(math.ceil(num / batch_size))]
+        steps = self.sampler_steps(settings.get("sampler"), settings.get("num_steps"))
+        calls = math.ceil(num / batch_size)
+        out = []
+        with progress.Progress(f"{desc} ({num} images)", calls * steps, unit="steps") as p:
+            for i in range(calls):
+                with p.scan(offset=i * steps):
+                    out.append(shd.to_host(fn(params, jax.random.fold_in(rng, i))))
+                p.update_to((i + 1) * steps)
         return np.concatenate(out)[:num]
 
     def to_pixels(self, samples: np.ndarray) -> np.ndarray:
@@ -341,8 +363,8 @@ class DiffusionTask(Task):
         if samples is None:
             num = int(num_samples)
             rng = jax.random.PRNGKey(int(self.sampling_cfg["seed"]) + 1) if rng is None else rng
-            samples = self.generate(params, num, rng, mesh, **settings)
-        generated = features(self.to_pixels(samples))
+            samples = self.generate(params, num, rng, mesh, desc="FID sampling", **settings)
+        generated = features(self.to_pixels(samples), desc="FID features of the samples")
         return fid_lib.frechet_distance(*fid_lib.feature_statistics(generated), mu, sigma)
 
     def fid_baselines(self, num: int, *, classifier_workdir: str | None = None,
@@ -363,15 +385,22 @@ class DiffusionTask(Task):
             raise ValueError(f"split {heldout_split!r} has {len(real)} images, fewer than {num}")
         noise = np.random.default_rng(seed).integers(
             0, self.info.pixel_max + 1, size=(num, *self.info.image_shape)).astype(np.float32)
+        noise_features = features(noise, desc="FID features of uniform noise")
         return {name: fid_lib.frechet_distance(*fid_lib.feature_statistics(f), mu, sigma)
-                for name, f in (("fid_real", real), ("fid_noise", features(noise)))}
+                for name, f in (("fid_real", real), ("fid_noise", noise_features))}
+
+    @property
+    def bpd_scan_steps(self) -> int:
+        """Model calls per batch of `bpd_terms` (its progress ticks): all T steps."""
+        return self.diffusion.num_timesteps
 
     def bpd_terms(self, params: Any, x0: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
         """Per-example full variational bound (eq. 5) over all T steps, in bits/dim: 'bpd'
         (total), 'prior_bpd' (L_T), 'decoder_bpd' (L_0), each `[batch]`. The discretised
         decoder assumes 256 levels (eq. 13), so for data with fewer levels (the sklearn digits:
         17) the number is not a true code length."""
-        out = self.diffusion.bits_per_dim(lambda x, t: self._apply(params, x, t), x0, rng)
+        out = self.diffusion.bits_per_dim(lambda x, t: self._apply(params, x, t), x0, rng,
+                                          on_step=progress.scan_ticker(self.bpd_scan_steps))
         return {"bpd": out["total_bpd"], "prior_bpd": out["prior_bpd"],
                 "decoder_bpd": out["vb"][:, 0]}
 

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from attn_jax import progress as progress_lib
 from attn_jax.attention import attention_platform
 from attn_jax.eval.evaluators import EvalContext, build_evaluators, run_due
 from attn_jax.tasks import get_task
@@ -34,7 +35,7 @@ from attn_jax.train import safety
 from attn_jax.train import sharding as shd
 from attn_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from attn_jax.train.init import Initializer
-from attn_jax.train.metric_writer import MetricWriter, Progress
+from attn_jax.train.metric_writer import MetricWriter, TrainProgress
 from attn_jax.train.optim import ParamGroups, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -302,6 +303,8 @@ def _train_and_evaluate(user_config: ml_collections.ConfigDict, workdir: str, pl
         state = jax.jit(lambda: nn.unbox(plan.init_state(jax.random.PRNGKey(seed))),
                         out_shardings=state_sh)()
     if primary:
+        print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+        print(f"devices: {shd.describe_devices(mesh.devices.flat)}", flush=True)
         print(f"{config.task}: {plan.n_params:,} parameters, mesh {dict(mesh.shape)}, "
               f"{jax.process_count()} process(es), {steps} steps, "
               f"{'resuming at step ' + str(start) if start is not None else 'from scratch'}",
@@ -322,7 +325,7 @@ def _train_and_evaluate(user_config: ml_collections.ConfigDict, workdir: str, pl
 
     # -- loop --
     step = int(jax.device_get(state.step))
-    progress = Progress(steps, step, enabled=primary)
+    progress = TrainProgress(steps, step, enabled=primary)
     log_every = int(config.get("log_every_steps", 50))
     ckpt_every = int(config.checkpoint.get("every_steps", 0)) or steps
     debug = config.get("debug", ml_collections.ConfigDict())
@@ -338,19 +341,22 @@ def _train_and_evaluate(user_config: ml_collections.ConfigDict, workdir: str, pl
             state, metrics = jit_train(state, batch)
             step += 1
             guard.check_step(step, metrics, ckpt)  # NaN/Inf loss or grad norm, failed saves
+            log_now = step % log_every == 0 or step == steps
+            progress.update_to(step, quiet=log_now)  # a line at a steady rhythm between logs
             if debug.get("log_batches"):  # lets tests compare the batches two runs saw
                 _log_batch(workdir, step, host_batch, jax.process_index())
-            if step % log_every == 0 or step == steps:
+            if log_now:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                writer.scalars(step, "train", {**metrics, "steps_per_sec":
-                                               progress.report(step, metrics)})
+                rate = progress.report(step, metrics)
+                writer.scalars(step, "train", {**metrics, **(
+                    {"steps_per_sec": rate} if rate is not None else {})})
             eval_metrics = run_due(evaluators, EvalContext(
                 state.params, state.ema_params, step, workdir, writer, mesh, param_sh), steps)
             if eval_metrics is not None:
                 writer.scalars(step, "eval", eval_metrics)
                 if primary:
-                    print(f"eval @ {step}: " + "  ".join(
-                        f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
+                    progress_lib.echo(f"eval @ {step}: " + "  ".join(
+                        f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                 final = {**final, **eval_metrics}
             if step % ckpt_every == 0 or step == steps:
                 save(step, eval_metrics)
@@ -361,6 +367,7 @@ def _train_and_evaluate(user_config: ml_collections.ConfigDict, workdir: str, pl
                     os.kill(os.getpid(), signal.SIGKILL)  # a crash between steps
             guard.preempt_if_requested(step, ckpt, save)  # SIGTERM/SIGINT: save, exit 75
     finally:
+        progress.close(finished=step >= steps)
         ckpt.close()  # waits for an in-flight save: an exception never loses a checkpoint
         writer.close()
     return state, final
