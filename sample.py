@@ -12,10 +12,12 @@ split over all devices when it divides their number) and writes `<out>/samples.p
 at most 256) and `<out>/samples.npz` (`images` uint8 [num, H, W, C], 0..255 = (x + 1) * 127.5, at
 the model's resolution, plus the settings and scores). Unset sampler settings come from the run's
 config.data.sampling. `--bpd` evaluates the full variational bound over all T steps on
-`--bpd-examples` test images; `--fid` scores the samples on the features of a classification run
-of this repo (see attn_jax/eval/fid.py) against the config's reference split (`--fid-split`), and
-`--fid-baselines` puts them on a scale: the FID of as many real held-out images (the floor a
-perfect model would score at this sample size) and of uniform noise (the ceiling).
+`--bpd-examples` test images, in batches of at most that many (rounded up to the device count;
+`bpd_rows` in the output counts the images the model ran on); `--fid` scores the samples on the
+features of a classification run of this repo (see attn_jax/eval/fid.py) against the config's
+reference split (`--fid-split`), and `--fid-baselines` puts them on a scale: the FID of as many
+real held-out images (the floor a perfect model would score at this sample size) and of uniform
+noise (the ceiling). Each phase shows its progress (see attn_jax/progress.py).
 """
 
 from __future__ import annotations
@@ -57,6 +59,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.num < 0 or (args.batch_size is not None and args.batch_size < 1):
         parser.error(f"--num must be >= 0 and --batch-size >= 1, got {args.num}, {args.batch_size}")
+    if args.bpd and args.bpd_examples < 1:
+        parser.error(f"--bpd-examples must be >= 1, got {args.bpd_examples}")
     if args.fid and args.num < 2:
         parser.error(f"--fid needs --num >= 2 generated images, got {args.num}")
     if args.fid_baselines and not args.fid:
@@ -88,6 +92,7 @@ def main(argv: list[str] | None = None) -> dict:
     import jax
     import numpy as np
 
+    from attn_jax.eval.evaluators import bpd_batch_size
     from attn_jax.tasks.diffusion import DiffusionTask
     from attn_jax.train import sharding as shd
     from attn_jax.train.restore import checkpoint_steps, load_config, load_params
@@ -103,6 +108,9 @@ def main(argv: list[str] | None = None) -> dict:
         config, params = load_params(args.workdir, step, ema=ema)
     except (FileNotFoundError, ValueError) as e:  # a step that was not saved, no EMA kept
         _fail(str(e))
+    print(f"workdir: {os.path.abspath(args.workdir)} (step {step}, "
+          f"{'EMA' if ema else 'raw'} parameters); devices: "
+          f"{shd.describe_devices(jax.devices())}", flush=True)
     task = DiffusionTask(config)
     # Defaults from the run's fid evaluator (config.evals.NAME with type 'fid'), if it had one.
     fid_eval = next((dict(e) for e in dict(config.get("evals") or {}).values()
@@ -114,9 +122,11 @@ def main(argv: list[str] | None = None) -> dict:
               f"{classifier or '(unset)'} has no config.json")
     # All devices split each batch when they divide it; otherwise one device does the work
     # (a replicated computation would repeat it on every device).
-    batch = args.batch_size or min(args.num, 256) or 64
-    bpd_batch = args.batch_size or 64
     devices = jax.device_count()
+    batch = args.batch_size or min(args.num, 256) or 64
+    # Each image of the bound costs T model calls: no more rows than --bpd-examples asks for
+    # (rounded up to the device count, so that the batch still splits over the devices).
+    bpd_batch = bpd_batch_size(args.batch_size or 64, args.bpd_examples, devices)
     mesh = None
     if devices > 1 and batch % devices == 0 and (not args.bpd or bpd_batch % devices == 0):
         mesh = shd.make_mesh({"data": -1})
@@ -153,12 +163,15 @@ def main(argv: list[str] | None = None) -> dict:
     if args.bpd:
         bpd = task.bits_per_dim(params, split=args.bpd_split, max_examples=args.bpd_examples,
                                 batch_size=bpd_batch, seed=args.seed, mesh=mesh)
-        result.update({f"test_{k}" if k != "num_examples" else "bpd_examples": v
-                       for k, v in bpd.items()})
+        names = {"num_examples": "bpd_examples", "num_rows": "bpd_rows"}
+        result.update({names.get(k, f"test_{k}"): v for k, v in bpd.items()})
     np.savez(os.path.join(out_dir, "samples.npz"),
              images=images if images is not None else np.zeros((0, *task.image_shape), np.uint8),
              **{k: np.asarray(v) for k, v in result.items()})
-    print(json.dumps(result), flush=True)
+    written = ["samples.png"] if images is not None else []
+    print(f"wrote {', '.join(written + ['samples.npz'])} to {os.path.abspath(out_dir)}",
+          flush=True)
+    print(json.dumps(result), flush=True)  # the last line: the settings and scores
     return result
 
 

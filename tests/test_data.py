@@ -166,6 +166,20 @@ def test_fashion_mnist_normalisation(data_dir):
     np.testing.assert_allclose([mean, total_sq / (count * 28 * 28) - mean**2], [0.0, 1.0], atol=1e-5)
 
 
+def test_a_failed_build_leaves_no_folder_and_a_retry_no_warning(tmp_path, caplog, capsys):
+    """A build whose source files are missing removes what it created, so the next attempt
+    meets no half-made folder ("Variant folder ... has no dataset_info.json"), and neither
+    attempt prints tfds' download messages (nothing is downloaded)."""
+    tfds_dir = tmp_path / "tfds"
+    for _ in range(2):
+        with caplog.at_level("WARNING"), pytest.raises(FileNotFoundError):
+            data.prepare("fashion_mnist_idx", tfds_dir, source_dir=tmp_path / "nowhere")
+        assert sorted(os.listdir(tfds_dir)) == [".fashion_mnist_idx.lock"]
+    printed = capsys.readouterr().out
+    assert "Variant folder" not in caplog.text and "dataset_info.json" not in caplog.text
+    assert "building dataset fashion_mnist_idx" in printed and "Downloading" not in printed
+
+
 def test_read_idx_rejects_missing_and_corrupt_files(tmp_path):
     """Missing files name the path and the Debian package; corrupt ones raise ValueError."""
     with pytest.raises(FileNotFoundError, match="apt-get install dataset-fashion-mnist"):
@@ -215,7 +229,8 @@ def test_concurrent_builds_build_once(tmp_path):
                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
     outputs = [p.communicate(timeout=120)[0] for p in procs]
     assert [p.returncode for p in procs] == [0, 0], outputs
-    assert sum("downloaded and prepared" in out for out in outputs) == 1, outputs
+    assert sum("built dataset digits_sklearn" in out for out in outputs) == 1, outputs
+    assert not any("Downloading" in out or "downloaded" in out for out in outputs), outputs
     assert data.dataset_info("digits_sklearn", tmp_path).num_examples == {"train": 1442, "test": 355}
 
 

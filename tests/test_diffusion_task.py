@@ -280,6 +280,8 @@ def test_sample_py_end_to_end(run, classifier_run, data_dir, tmp_path):
     summary = json.loads(result.stdout.strip().splitlines()[-1])
     assert summary["devices"] == 2 and summary["ema"] is True and summary["step"] == 4
     assert summary["bpd_examples"] == 5 and np.isfinite(summary["test_bpd"])
+    assert summary["bpd_rows"] == 6  # 5 images asked for, rounded up to split over 2 devices
+    assert "read only" not in result.stderr  # the workdir is read without a CheckpointManager
     assert summary["fid"] > 0
     # Real held-out test images sit far closer to the train statistics than uniform noise.
     assert 0 < summary["fid_real"] < summary["fid_noise"]

@@ -111,3 +111,40 @@ def test_spm_lm_with_num_epochs_runs(tmp_path):
     state, final = train_and_evaluate(config, str(tmp_path / "run"), jax.devices()[:1])
     assert int(state.step) >= 1 and "validation_bits_per_byte" in final
     assert os.path.exists(tmp_path / "run" / "spm.model")
+
+
+class _BoundSpy:
+    """A task for `bits_per_dim`: a split of 100 images, each image's 'bound' its index; it
+    records the batch shapes the bound was traced with and how many rows it was called on."""
+
+    bpd_scan_steps = 1
+
+    def __init__(self):
+        self.traced, self.rows = [], 0
+
+    def eval_iterator(self, split, *, process_index, process_count, batch_size):
+        import numpy as np
+
+        for start in range(0, 100, batch_size):
+            index = np.arange(start, start + batch_size)
+            self.rows += batch_size
+            yield {"image": np.broadcast_to(index[:, None, None, None], (batch_size, 2, 2, 1))
+                   .astype(np.float32), "mask": (index < 100).astype(np.float32)}
+
+    def bpd_terms(self, params, x0, rng):
+        self.traced.append(x0.shape[0])
+        return {"bpd": x0[:, 0, 0, 0]}
+
+
+@pytest.mark.parametrize("devices, rows", [(1, 3), (2, 4)])
+def test_bits_per_dim_runs_the_bound_on_the_examples_asked_for_only(devices, rows):
+    """max_examples=3 with batch_size=64 (sample.py --bpd-examples 3): one batch of 3 rows (4 on
+    2 devices, so that it splits), not 64; the mean is over exactly images 0, 1, 2."""
+    from attn_jax.eval.evaluators import bits_per_dim
+    from attn_jax.train import sharding as shd
+
+    spy = _BoundSpy()
+    mesh = shd.make_mesh({"data": devices}, jax.devices()[:devices]) if devices > 1 else None
+    out = bits_per_dim(spy, {}, max_examples=3, batch_size=64, mesh=mesh)
+    assert spy.traced == [rows] and spy.rows == rows
+    assert out == {"bpd": 1.0, "num_examples": 3, "num_rows": rows}

@@ -222,15 +222,17 @@ def test_when_no_checkpoint_verifies_one_line_names_them_all_and_nothing_moves(
 
 # ------------------------------------------------------------------ NaN / Inf
 def test_nan_after_resuming_stops_without_saving_and_keeps_every_checkpoint(
-        data_dir, straight, tmp_path, caplog):
+        data_dir, straight, tmp_path, capsys):
     workdir = resumable(straight, tmp_path)
     before = good_files(workdir)
-    with caplog.at_level(logging.WARNING), pytest.raises(safety.NonFiniteError) as e:
-        run(tiny(data_dir, **{"optim.learning_rate": 1e12}), workdir)
+    with pytest.raises(safety.NonFiniteError) as e:
+        run(tiny(data_dir, **{"optim.learning_rate": 1e12,
+                              "allow_changes": "optim.learning_rate"}), workdir)
     assert re.fullmatch(r"loss (nan|inf), grad_norm (nan|inf) at step \d+: stopped without "
                         rf"saving; the checkpoints in {workdir}/checkpoints are untouched "
                         r"\(newest: step 4\)", str(e.value)), str(e.value)
-    assert "changed config: optim.learning_rate: 0.01 -> 1000000000000.0" in caplog.text
+    assert ("resuming checkpoint 4 with config changes: optim.learning_rate 0.01 -> "
+            "1000000000000.0" in capsys.readouterr().out)
     assert good_files(workdir) == before  # no checkpoint rotated out, config.json not rewritten
     state, _ = run(tiny(data_dir), workdir)
     assert_same(flat(state.params), straight[1])

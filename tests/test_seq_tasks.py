@@ -9,6 +9,7 @@ for the teacher-forced pass the attention maps are drawn from.
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 
@@ -245,6 +246,7 @@ def test_sentencepiece_is_saved_in_the_workdir_and_reused_on_resume(trainer, dat
 
     monkeypatch.setattr(SentencePieceTokenizer, "train", no_training)
     config.total_steps = 4
+    config.allow_changes = "total_steps"  # continuing the 2-step run on purpose
     trainer(config, workdir, jax.devices()[:1])
     assert (workdir / "spm.model").read_bytes() == model
     assert [r["step"] for r in _rows(str(workdir)) if r["split"] == "train"] == [1, 2, 3, 4]
@@ -346,6 +348,22 @@ def test_attention_maps_of_a_trained_model(runs, tmp_path, capsys):
         np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
     causal = maps.weights["decoder/layer_0/self_attention"][0]
     assert np.all(np.triu(causal, k=1) == 0) and np.all(causal[:, 0, 0] == 1.0)
+
+
+def test_attention_maps_that_fail_leave_no_folder_and_no_read_only_warnings(runs, tmp_path,
+                                                                            monkeypatch, caplog):
+    workdir = runs["seq2seq"][0]
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(attention_maps, "plot_heads", broken)
+    out = tmp_path / "maps"
+    with caplog.at_level(logging.WARNING), pytest.raises(OSError, match="disk full"):
+        attention_maps.main(["--workdir", workdir, "--text", "21. November 2026", "--out",
+                             str(out)])
+    assert not out.exists()
+    assert "read only" not in caplog.text and "read_only" not in caplog.text
 
 
 def test_token_labels_show_characters_and_bytes():

@@ -25,7 +25,7 @@ Targets of varying size (boxes per image, tokens per caption) are padded to a fi
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import grain
@@ -191,7 +191,20 @@ def batch_iterator(ds: grain.MapDataset, prefetch: int = 8,
     if num_threads < 0:
         raise ValueError(f"num_threads={num_threads} must be >= 0")
     read = grain.ReadOptions(num_threads=num_threads, prefetch_buffer_size=prefetch)
-    return iter(ds.to_iter_dataset(read))
+    it = iter(ds.to_iter_dataset(read))
+    it.num_batches = len(ds)  # one pass, for progress bars (`attn_jax.progress.num_items`)
+    return it
+
+
+class CountedBatches(Iterator):
+    """An iterator of batches that says how many one pass yields (`num_batches`), for
+    progress bars: wraps a generator built over a `batch_iterator`."""
+
+    def __init__(self, batches: Iterator[Batch], num_batches: int | None):
+        self._batches, self.num_batches = batches, num_batches
+
+    def __next__(self) -> Batch:
+        return next(self._batches)
 
 
 def pad_to_count(items: Sequence[Any], count: int, fill: Any = 0, *, dtype: Any = None,

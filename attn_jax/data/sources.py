@@ -78,19 +78,19 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None, *,
 
     Offline builds run under an exclusive lock on `data_dir/.NAME.lock` (a second process waits,
     then finds the data built); tfds itself writes into `incomplete.*` and renames on success, so
-    an interrupted build leaves nothing that looks prepared.
+    an interrupted build leaves nothing that looks prepared, and a failed one leaves no folder
+    behind either (`_build`).
     """
     data_dir = resolve_data_dir(data_dir)
     if name in OFFLINE_BUILDERS:
         cls = OFFLINE_BUILDERS[name]
         builder = cls(data_dir=str(data_dir), source_dir=source_dir)
-        if not builder.is_prepared():
+        if not _is_prepared(builder):
             data_dir.mkdir(parents=True, exist_ok=True)
             with _exclusive_lock(data_dir / f".{name}.lock"):
                 builder = cls(data_dir=str(data_dir), source_dir=source_dir, file_format="array_record")
-                if not builder.is_prepared():
-                    builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
-                        compute_stats=tfds.download.ComputeStatsMode.SKIP))  # stats would need TF
+                if not _is_prepared(builder):
+                    _build(builder, data_dir)
                 builder = cls(data_dir=str(data_dir), source_dir=source_dir)
         return builder
     try:
@@ -98,7 +98,7 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None, *,
     except tfds.core.registered.DatasetNotFoundError:
         raise ValueError(f"unknown dataset {name!r}: neither an offline source "
                          f"({', '.join(OFFLINE_BUILDERS)}) nor a registered tfds dataset") from None
-    if not builder.is_prepared():
+    if not _is_prepared(builder):
         manual = (f" {name} also needs a manual download into {data_dir}/downloads/manual: "
                   f"{builder.MANUAL_DOWNLOAD_INSTRUCTIONS.strip()}"
                   if getattr(builder, "MANUAL_DOWNLOAD_INSTRUCTIONS", None) else "")
@@ -113,6 +113,36 @@ def prepare(name: str, data_dir: str | os.PathLike | None = None, *,
         raise ValueError(f"{name} in {builder.data_path} is stored as {formats}; random access needs "
                          f"ArrayRecord: rebuild it with `tfds build {name} --file_format=array_record`")
     return builder
+
+
+def _is_prepared(builder: tfds.core.DatasetBuilder) -> bool:
+    """builder.is_prepared(), without tfds' "Variant folder ... has no dataset_info.json"
+    warning for a dataset that was simply never built."""
+    return (epath.Path(builder.data_path) / "dataset_info.json").exists() and builder.is_prepared()
+
+
+def _build(builder: tfds.core.DatasetBuilder, data_dir: epath.Path) -> None:
+    """Builds an offline dataset (progress from its examples, see image_records.py). A build
+    that fails removes the folders it created, so no half-made dataset folder is left for
+    later runs to warn about."""
+    folder = data_dir / builder.name
+    made_folder = not folder.exists()
+    downloads = [p for p in (data_dir / "downloads" / "extracted", data_dir / "downloads")
+                 if not p.exists()]
+    tfds.disable_progress_bar()  # our own progress replaces tfds' bars (carriage returns)
+    try:
+        builder.download_and_prepare(download_config=tfds.download.DownloadConfig(
+            compute_stats=tfds.download.ComputeStatsMode.SKIP))  # stats would need TF
+    except BaseException:
+        if made_folder:
+            folder.rmtree(missing_ok=True)
+        elif folder.is_dir() and not any(folder.iterdir()):  # left empty by an older failure
+            folder.rmdir()
+        raise
+    finally:
+        for path in downloads:  # an offline build downloads nothing: its empty folders go
+            with contextlib.suppress(OSError):
+                path.rmdir()
 
 
 @contextlib.contextmanager

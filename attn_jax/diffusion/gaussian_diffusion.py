@@ -408,10 +408,12 @@ class GaussianDiffusion:
         terms["loss"] = loss
         return loss, terms
 
-    def bits_per_dim(self, model_fn: ModelFn, x_start: Array, rng: Array) -> dict[str, Array]:
+    def bits_per_dim(self, model_fn: ModelFn, x_start: Array, rng: Array,
+                     on_step: Callable[[Array], None] | None = None) -> dict[str, Array]:
         """The full variational bound L_T + sum_t L_{t-1} in bits/dim (Ho et al. Table 2, NLL).
 
         One `lax.scan` over all T steps; step t draws its noise from `fold_in(rng, t)`.
+        `on_step(t)` is called inside it at each step (e.g. a progress ticker).
 
         Returns:
           'total_bpd' `[batch]`, 'prior_bpd' `[batch]`, and per step `[batch, T]` (t ascending):
@@ -424,6 +426,8 @@ class GaussianDiffusion:
             x_t = self.q_sample(x_start, t, noise)
             vb, pred_xstart = self.vb_terms_bpd(model_fn(x_t, t), x_start, x_t, t)
             eps = self.predict_eps_from_xstart(x_t, t, pred_xstart)
+            if on_step is not None:
+                on_step(t_scalar)
             return carry, {
                 "vb": vb,
                 "xstart_mse": mean_flat(jnp.square(pred_xstart - x_start)),

@@ -1,8 +1,8 @@
 """Samplers for a trained diffusion model: ancestral DDPM and DDIM, each one `lax.scan`.
 
-Both are pure functions of (model_fn, rng, shape) with no host callbacks, so the caller jits
-them with the parameters as an argument and may shard the batch dimension through jit's
-in/out shardings:
+Both are pure functions of (model_fn, rng, shape), so the caller jits them with the parameters
+as an argument and may shard the batch dimension through jit's in/out shardings (`on_step`, a
+progress ticker such as `attn_jax.progress.scan_ticker`, is the only host callback):
 
     sample = jax.jit(
         lambda params, rng: ddpm_sample(
@@ -14,7 +14,7 @@ Every random draw is derived from `rng` (split, then `fold_in(t)`), so a seed fi
 
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -49,6 +49,7 @@ def ddpm_sample(
     x_T: Array | None = None,
     clip_denoised: bool = True,
     clip_output: bool = True,
+    on_step: Callable[[Array], None] | None = None,
 ) -> Array:
     """Ancestral sampling over all T steps (Ho et al. 2020, Algorithm 2).
 
@@ -63,6 +64,8 @@ def ddpm_sample(
       x_T: optional starting noise `shape` (else drawn from rng).
       clip_denoised: clip each predicted x_0 to [-1, 1] before forming the mean.
       clip_output: clip the returned x_0 to [-1, 1].
+      on_step: called inside the scan with the index of each step taken (0 first), e.g. a
+        progress ticker.
 
     Returns:
       float32 samples `shape`.
@@ -76,6 +79,8 @@ def ddpm_sample(
         out = diffusion.p_mean_variance(model_fn(x, t), x, t, clip_denoised=clip_denoised)
         noise = jax.random.normal(jax.random.fold_in(rng, t_scalar), shape, jnp.float32)
         nonzero = (t_scalar > 0).astype(jnp.float32)  # no noise when t == 0
+        if on_step is not None:
+            on_step(diffusion.num_timesteps - 1 - t_scalar)
         return out.mean + nonzero * jnp.exp(0.5 * out.log_variance) * noise, None
 
     ts = jnp.arange(diffusion.num_timesteps - 1, -1, -1, dtype=jnp.int32)
@@ -104,6 +109,7 @@ def ddim_sample(
     x_T: Array | None = None,
     clip_denoised: bool = True,
     clip_output: bool = True,
+    on_step: Callable[[Array], None] | None = None,
 ) -> Array:
     """DDIM sampling on `num_steps` strided steps (Song et al. 2021, eq. 12 and 16).
 
@@ -116,7 +122,7 @@ def ddim_sample(
     Args:
       num_steps: strided steps, from T - 1 down to 0 (`ddim_timesteps`).
       eta: stochasticity, >= 0.
-      other arguments: as `ddpm_sample`.
+      other arguments: as `ddpm_sample` (`on_step` gets 0 .. num_steps - 1).
 
     Returns:
       float32 samples `shape`.
@@ -129,8 +135,8 @@ def ddim_sample(
     x_rng, rng = jax.random.split(rng)
     x = _initial_noise(x_rng, shape, x_T)
 
-    def step(x: Array, ts: tuple[Array, Array]) -> tuple[Array, None]:
-        t_scalar, s_scalar = ts
+    def step(x: Array, ts: tuple[Array, Array, Array]) -> tuple[Array, None]:
+        i, t_scalar, s_scalar = ts
         t = jnp.full((shape[0],), t_scalar, dtype=jnp.int32)
         out = diffusion.p_mean_variance(model_fn(x, t), x, t, clip_denoised=clip_denoised)
         eps = diffusion.predict_eps_from_xstart(x, t, out.pred_xstart)
@@ -143,7 +149,10 @@ def ddim_sample(
             + jnp.sqrt(jnp.maximum(1.0 - abar_s - sigma**2, 0.0)) * eps
             + sigma * noise
         )
+        if on_step is not None:
+            on_step(i)
         return x, None
 
-    x, _ = jax.lax.scan(step, x, (jnp.asarray(steps[::-1]), jnp.asarray(prev[::-1])))
+    x, _ = jax.lax.scan(step, x, (jnp.arange(len(steps), dtype=jnp.int32),
+                                  jnp.asarray(steps[::-1]), jnp.asarray(prev[::-1])))
     return jnp.clip(x, -1.0, 1.0) if clip_output else x

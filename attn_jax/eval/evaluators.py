@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import os
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,6 +27,7 @@ import jax
 import numpy as np
 from jax.experimental import multihost_utils
 
+from attn_jax import progress
 from attn_jax.eval import text_metrics
 from attn_jax.train import sharding as shd
 from attn_jax.train.config import parse_section
@@ -103,12 +105,14 @@ class LossEvaluator(Evaluator):
             self._jit[key] = jax.jit(self.task.eval_sums, in_shardings=(ctx.param_shardings, None))
         return self._jit[key]
 
-    def evaluate(self, ctx: EvalContext, params: Any) -> dict[str, float]:
+    def evaluate(self, ctx: EvalContext, params: Any, prefix: str = "") -> dict[str, float]:
         fn, results = self._fn(ctx), {}
         for split in self.splits:
             sums: dict[str, float] = {}
-            for host_batch in self.task.eval_iterator(split, process_index=jax.process_index(),
-                                                      process_count=jax.process_count()):
+            batches = self.task.eval_iterator(split, process_index=jax.process_index(),
+                                              process_count=jax.process_count())
+            ema = " (EMA)" if prefix else ""
+            for host_batch in progress.track(batches, f"eval {split} loss{ema}"):
                 out = jax.device_get(fn(params, shd.global_batch(ctx.mesh, host_batch)))
                 for k, v in out.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
@@ -120,7 +124,7 @@ class LossEvaluator(Evaluator):
     def run(self, ctx):
         out = {}
         for prefix, params in ctx.variants(self.cfg.ema):
-            out |= {prefix + k: v for k, v in self.evaluate(ctx, params).items()}
+            out |= {prefix + k: v for k, v in self.evaluate(ctx, params, prefix).items()}
         return out
 
 
@@ -138,14 +142,14 @@ def _examples_table(sources: Sequence[str], references: Sequence[str],
 
 
 def predict_texts(task: Any, params: Any, batches: Any, predict: Callable, num: int,
-                  mesh: jax.sharding.Mesh | None = None) -> list[str]:
+                  mesh: jax.sharding.Mesh | None = None, desc: str = "decoding") -> list[str]:
     """Decoded strings of the first `num` examples of `batches` (host batches with 'inputs'):
     each batch's inputs become a global array, `predict(params, inputs)` gives tokens, all
     processes gather them, and the task detokenizes."""
     if mesh is None:
         mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
     rows = []
-    for batch in batches:
+    for batch in progress.track(batches, f"{desc} ({num} examples)"):
         inputs = shd.global_batch(mesh, {"inputs": batch["inputs"]})["inputs"]
         rows.append(np.asarray(multihost_utils.process_allgather(predict(params, inputs),
                                                                  tiled=True)))
@@ -188,7 +192,9 @@ class DecodeEvaluator(Evaluator):
                                                    process_index=jax.process_index(),
                                                    process_count=jax.process_count())
                 predictions = predict_texts(self.task, params, batches, self._predict,
-                                            len(references), ctx.mesh)
+                                            len(references), ctx.mesh,
+                                            desc=f"eval {split} decode"
+                                                 + (" (EMA)" if prefix else ""))
                 metrics[f"{prefix}{split}_exact_match"] = text_metrics.exact_match(
                     predictions, references)
                 metrics[f"{prefix}{split}_bleu"] = text_metrics.bleu(predictions, references)
@@ -197,7 +203,7 @@ class DecodeEvaluator(Evaluator):
                                             predictions[:shown])
                     ctx.writer.text(ctx.step, f"{split}_translations", table)
                     if ctx.primary:
-                        print(f"{split} translations @ {ctx.step}:\n{table}", flush=True)
+                        progress.echo(f"{split} translations @ {ctx.step}:\n{table}")
         return metrics
 
 
@@ -229,7 +235,7 @@ class SampleTextEvaluator(Evaluator):
         body = "\n\n---\n\n".join(samples)
         ctx.writer.text(ctx.step, "sample", body)
         if ctx.primary:
-            print(f"sample @ {ctx.step}:\n{body}", flush=True)
+            progress.echo(f"sample @ {ctx.step}:\n{body}")
         return {}
 
 
@@ -254,7 +260,7 @@ class SamplesEvaluator(Evaluator):
         params = ctx.variants(self.cfg.ema)[-1][1]
         n = int(self.cfg.num_images)
         samples = self.task.generate(params, n, jax.random.PRNGKey(int(self.cfg.seed)), ctx.mesh,
-                                     batch_size=n)
+                                     batch_size=n, desc="eval samples")
         grid = image_grid(samples)
         if ctx.primary:
             save_png(os.path.join(ctx.workdir, "samples", f"step_{ctx.step}.png"), grid)
@@ -293,40 +299,63 @@ class FidEvaluator(Evaluator):
                                      rng=jax.random.PRNGKey(int(self.cfg.seed)))}
 
 
+def bpd_batch_size(batch_size: int, max_examples: int | None, multiple: int = 1) -> int:
+    """Images per call of the bound: `batch_size`, but no more than `max_examples` rounded up
+    to a multiple of `multiple` (the data-parallel size), since every image in a batch costs T
+    model calls whether it counts or not."""
+    if not max_examples:
+        return int(batch_size)
+    return min(int(batch_size), math.ceil(max_examples / multiple) * multiple)
+
+
 def bits_per_dim(task: Any, params: Any, *, split: str = "test", max_examples: int | None = None,
                  batch_size: int = 64, seed: int = 0, mesh: jax.sharding.Mesh | None = None
                  ) -> dict[str, float]:
     """The task's full variational bound (`task.bpd_terms(params, x0, rng)`, per-example terms
-    in bits/dim) averaged over the first `max_examples` (default all) examples of `split`.
-    Returns the means of the terms and 'num_examples'."""
+    in bits/dim) averaged over the first `max_examples` (default all) examples of `split`, in
+    batches of `bpd_batch_size(batch_size, max_examples, data-parallel size)`.
+    Returns the means of the terms, 'num_examples' (the examples averaged) and 'num_rows' (the
+    rows the model ran on: num_examples plus the filler of the last batch)."""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     fn = task.bpd_terms
     if mesh is not None and batch_size % shd.data_parallel_size(mesh) == 0:
+        batch_size = bpd_batch_size(batch_size, max_examples, shd.data_parallel_size(mesh))
         fn = jax.jit(fn, in_shardings=(NamedSharding(mesh, P()), shd.batch_sharding(mesh, 4),
                                        None), out_shardings=shd.batch_sharding(mesh, 1))
         process, processes = jax.process_index(), jax.process_count()
     else:  # one device reads whole batches
+        batch_size = bpd_batch_size(batch_size, max_examples)
         mesh, fn, process, processes = None, jax.jit(fn), 0, 1
+    batches = task.eval_iterator(split, process_index=process, process_count=processes,
+                                 batch_size=batch_size)
+    total = progress.num_items(batches)
+    if max_examples:
+        total = min(total or math.inf, math.ceil(max_examples / batch_size))
+    steps = int(getattr(task, "bpd_scan_steps", 1))  # progress ticks per batch
     sums: dict[str, float] = {}
-    count = 0
-    for i, batch in enumerate(task.eval_iterator(split, process_index=process,
-                                                 process_count=processes,
-                                                 batch_size=batch_size)):
-        if max_examples is not None and count >= max_examples:
-            break
-        if mesh is not None:  # host rows -> global arrays; the mask comes back whole
-            batch = shd.global_batch(mesh, {"image": batch["image"], "mask": batch["mask"]})
-        out = fn(params, batch["image"], jax.random.fold_in(jax.random.PRNGKey(seed), i))
-        mask = shd.to_host(batch["mask"]) if mesh is not None else batch["mask"]
-        if max_examples is not None:  # drop real examples past max_examples
-            mask = mask * (np.cumsum(mask) + count <= max_examples)
-        for k, v in out.items():
-            sums[k] = sums.get(k, 0.0) + float((shd.to_host(v) * mask).sum())
-        count += int(mask.sum())
+    count = rows = 0
+    desc = f"bits/dim of {split} ({max_examples or 'all'} images)"
+    with progress.Progress(desc, total * steps if total else None, unit="steps") as p:
+        for i, batch in enumerate(batches):
+            if mesh is not None:  # host rows -> global arrays; the mask comes back whole
+                batch = shd.global_batch(mesh, {"image": batch["image"], "mask": batch["mask"]})
+            with p.scan(offset=i * steps):
+                out = fn(params, batch["image"], jax.random.fold_in(jax.random.PRNGKey(seed), i))
+                out = {k: shd.to_host(v) for k, v in out.items()}
+            p.update_to((i + 1) * steps)
+            mask = shd.to_host(batch["mask"]) if mesh is not None else batch["mask"]
+            rows += len(mask)
+            if max_examples is not None:  # drop real examples past max_examples
+                mask = mask * (np.cumsum(mask) + count <= max_examples)
+            for k, v in out.items():
+                sums[k] = sums.get(k, 0.0) + float((v * mask).sum())
+            count += int(mask.sum())
+            if max_examples is not None and count >= max_examples:
+                break  # before the iterator reads another batch
     if count == 0:
         raise ValueError(f"no examples in split {split!r}")
-    return {**{k: v / count for k, v in sums.items()}, "num_examples": count}
+    return {**{k: v / count for k, v in sums.items()}, "num_examples": count, "num_rows": rows}
 
 
 class BitsPerDimEvaluator(Evaluator):
@@ -348,7 +377,7 @@ class BitsPerDimEvaluator(Evaluator):
                                max_examples=int(self.cfg.max_examples) or None,
                                batch_size=int(self.cfg.batch_size), seed=int(self.cfg.seed),
                                mesh=ctx.mesh)
-            res.pop("num_examples")
+            res.pop("num_examples"), res.pop("num_rows")
             out |= {f"{prefix}{self.cfg.split}_{k}": v for k, v in res.items()}
         return out
 

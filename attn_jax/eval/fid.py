@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -28,7 +29,7 @@ import ml_collections
 import numpy as np
 import scipy.linalg
 
-from attn_jax import data
+from attn_jax import data, progress
 from attn_jax.models import build_model
 from attn_jax.train.restore import load_params
 
@@ -101,7 +102,13 @@ class ClassifierFeatures:
     _apply: Callable = dataclasses.field(repr=False)
     _params: Any = dataclasses.field(repr=False)
 
-    def __call__(self, pixels: np.ndarray) -> np.ndarray:
+    def __call__(self, pixels: np.ndarray, desc: str = "FID features") -> np.ndarray:
+        starts = range(0, len(pixels), self.batch_size)
+        with progress.Progress(f"{desc} ({len(pixels)} images)", len(starts),
+                               unit="batches") as p:
+            return self._features(pixels, p)
+
+    def _features(self, pixels: np.ndarray, p: progress.Progress | None = None) -> np.ndarray:
         pixels = np.asarray(pixels, np.float32)
         h, w, c = self.info.image_shape
         if pixels.ndim != 4 or pixels.shape[3] != c or pixels.shape[1:3] not in (
@@ -116,20 +123,28 @@ class ClassifierFeatures:
                 chunk = np.concatenate([chunk, np.zeros((self.batch_size - n, *chunk.shape[1:]),
                                                         np.float32)])
             out.append(np.asarray(self._apply(self._params, chunk))[:n])
+            if p is not None:
+                p.update()
         return np.concatenate(out).astype(np.float32)
 
     def dataset_features(self, split: str = "test", max_examples: int | None = None) -> np.ndarray:
         """Features `[n, d]` of a split of the classifier's dataset, at its native size."""
         cfg = self.config.data
         feats, seen = [], 0
-        for batch in data.make_iterator(cfg.name, split, global_batch_size=self.batch_size,
-                                        train=False, data_dir=cfg.get("data_dir") or None,
-                                        normalize="none"):
-            real = batch["mask"] > 0
-            feats.append(self(batch["image"][real]))
-            seen += int(real.sum())
-            if max_examples is not None and seen >= max_examples:
-                break
+        batches = data.make_iterator(cfg.name, split, global_batch_size=self.batch_size,
+                                     train=False, data_dir=cfg.get("data_dir") or None,
+                                     normalize="none")
+        total = progress.num_items(batches)
+        if max_examples is not None and total is not None:
+            total = min(total, math.ceil(max_examples / self.batch_size))
+        with progress.Progress(f"FID features of {split}", total, unit="batches") as p:
+            for batch in batches:
+                real = batch["mask"] > 0
+                feats.append(self._features(batch["image"][real]))
+                seen += int(real.sum())
+                p.update()
+                if max_examples is not None and seen >= max_examples:
+                    break
         out = np.concatenate(feats)
         return out if max_examples is None else out[:max_examples]
 

@@ -9,6 +9,7 @@ logging and the eval loop. A task declares its `config.data` keys in one frozen 
 from __future__ import annotations
 
 import abc
+import os
 from collections.abc import Iterator, Mapping
 from typing import Any
 
@@ -29,6 +30,41 @@ class Task(abc.ABC):
     """
 
     EVALUATOR_TYPES: frozenset[str] = frozenset({"loss"})
+    DataConfig: type | None = None  # the frozen dataclass declaring config.data's keys
+
+    @staticmethod
+    def check_data_dirs(data_cfg: Any) -> None:
+        """A `source_dir` that is set must be a directory; a `data_dir` too, or at least its
+        parent (an offline dataset is built into a new one; a mistyped path fails here instead of
+        growing a tree of new directories). A data_dir that lacks a prepared dataset is named
+        by the dataset's own error, with the command that prepares it."""
+        data_dir = os.path.expanduser(getattr(data_cfg, "data_dir", "") or "")
+        if data_dir and "://" not in data_dir and not os.path.isdir(data_dir) and not (
+                os.path.isdir(os.path.dirname(os.path.abspath(data_dir)))):
+            raise ValueError(f"config.data.data_dir={data_dir!r}: neither it nor its parent is a "
+                             "directory: point it at the directory that holds the prepared "
+                             "datasets (offline datasets are built there on first use), or set "
+                             "it to '' for $TFDS_DATA_DIR (default ~/tensorflow_datasets)")
+        source_dir = getattr(data_cfg, "source_dir", "")
+        if source_dir and not os.path.isdir(os.path.expanduser(source_dir)):
+            raise ValueError(f"config.data.source_dir={source_dir!r} is not a directory: point "
+                             "it at the directory of the dataset's source files, or set it to "
+                             "'' for their default place")
+
+    def image_dataset_info(self, data_cfg: Any) -> Any:
+        """`attn_jax.data.dataset_info` of `data_cfg.name`, building an offline dataset from
+        `data_cfg.source_dir` first when that is set."""
+        from attn_jax import data
+
+        self.check_data_dirs(data_cfg)
+        data_dir = data_cfg.data_dir or None
+        if data_cfg.source_dir:
+            if data_cfg.name not in data.OFFLINE_BUILDERS:
+                raise ValueError(f"config.data.source_dir applies to the offline datasets "
+                                 f"{sorted(data.OFFLINE_BUILDERS)}, not {data_cfg.name!r}: set it "
+                                 "to ''")
+            data.prepare(data_cfg.name, data_dir, source_dir=data_cfg.source_dir)
+        return data.dataset_info(data_cfg.name, data_dir=data_dir)
 
     def __init__(self, config: ml_collections.ConfigDict):
         self.config = config

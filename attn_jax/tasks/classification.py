@@ -20,6 +20,7 @@ class DataConfig:
 
     name: str                            # offline: fashion_mnist_idx, digits_sklearn; or tfds
     data_dir: str = ""                   # tfds data dir ('' = $TFDS_DATA_DIR)
+    source_dir: str = ""                 # offline builds: the source files ('' = their default)
     train_split: str = "train"
     eval_splits: tuple[str, ...] = ("test",)
     image_size: int | None = None        # resize to this square size (None = as stored)
@@ -32,11 +33,13 @@ class ClassificationTask(Task):
     """`config.data.name` picks the dataset (offline: fashion_mnist_idx, digits_sklearn; online:
     any tfds image dataset); `config.model` the classifier (`model.name` + its fields)."""
 
+    DataConfig = DataConfig
+
     def __init__(self, config):
         super().__init__(config)
         self.data_cfg = parse_section(DataConfig, config.data, "config.data")
         # Fails here, before any compile, when the dataset is missing (the error says how to get it).
-        self.info = data.dataset_info(self.data_cfg.name, data_dir=self.data_cfg.data_dir or None)
+        self.info = self.image_dataset_info(self.data_cfg)
         self.dtype = jnp.dtype(config.get("dtype", "float32"))
         self.model = self.build_registered_model(num_classes=self.info.num_classes,
                                                  dtype=self.dtype)

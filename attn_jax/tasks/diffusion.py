@@ -22,6 +22,7 @@ parameters), `fid` (on the features of a classifier trained with this repo) and 
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import os
@@ -34,35 +35,60 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from attn_jax import data
+from attn_jax import data, progress
+from attn_jax.data.batcher import CountedBatches
 from attn_jax.diffusion import (LOSS_TYPES, MEAN_TYPES, SCHEDULES, VAR_TYPES, GaussianDiffusion,
                                 ddim_sample, ddpm_sample, linear_beta_schedule)
 from attn_jax.eval import fid as fid_lib
 from attn_jax.models import build_model
 from attn_jax.tasks.base import Task
 from attn_jax.train import sharding as shd
-from attn_jax.train.config import unknown_key_error
+from attn_jax.train.config import parse_section
 
 log = logging.getLogger(__name__)
 
-DATA_KEYS = {"name", "data_dir", "train_split", "image_size", "resize", "flip", "diffusion",
-             "sampling"}
-# Sub-sections of config.data with their defaults; None = unset.
-DIFFUSION_DEFAULTS = dict(schedule="linear", num_timesteps=1000, beta_start=None, beta_end=None,
-                          model_mean_type="epsilon", model_var_type="fixed_large",
-                          loss_type="mse", hybrid_lambda=0.001)
-SAMPLING_DEFAULTS = dict(sampler="ddpm", num_steps=50, eta=0.0, num_images=64, seed=0,
-                         clip_denoised=True)
 SAMPLERS = ("ddpm", "ddim")
 
 
-def _section(config_data: Any, key: str, defaults: dict[str, Any]) -> dict[str, Any]:
-    """config.data[key] as a plain dict over `defaults`; unknown keys raise."""
-    given = dict(config_data.get(key) or {})
-    unknown = set(given) - set(defaults)
-    if unknown:
-        raise unknown_key_error(f"config.data.{key}", unknown, defaults)
-    return {**defaults, **given}
+@dataclasses.dataclass(frozen=True)
+class DiffusionConfig:
+    """config.data.diffusion: the forward process and the loss (`GaussianDiffusion.create`)."""
+
+    schedule: str = "linear"
+    num_timesteps: int = 1000
+    beta_start: float | None = None      # the linear schedule's endpoints (None: 1e-4, 0.02)
+    beta_end: float | None = None
+    model_mean_type: str = "epsilon"
+    model_var_type: str = "fixed_large"
+    loss_type: str = "mse"
+    hybrid_lambda: float = 0.001
+
+
+@dataclasses.dataclass(frozen=True)
+class SamplingConfig:
+    """config.data.sampling: the defaults of `DiffusionTask.sample` (and of sample.py)."""
+
+    sampler: str = "ddpm"                # 'ddpm' or 'ddim'
+    num_steps: int = 50                  # DDIM steps
+    eta: float = 0.0                     # DDIM eta (0 = deterministic)
+    num_images: int = 64                 # the default `samples` evaluator's grid (0 = none)
+    seed: int = 0
+    clip_denoised: bool = True
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """config.data of the diffusion task."""
+
+    name: str                            # fashion_mnist_idx, digits_sklearn, or a tfds dataset
+    data_dir: str = ""                   # tfds data dir ('' = $TFDS_DATA_DIR)
+    source_dir: str = ""                 # offline builds: the source files ('' = their default)
+    train_split: str = "train"
+    image_size: int | None = None        # pad or resize to this square size (None = as stored)
+    resize: str = "bilinear"             # 'bilinear' or 'pad' (pixels kept exact)
+    flip: bool = False                   # random horizontal flips in training
+    diffusion: DiffusionConfig = dataclasses.field(default_factory=DiffusionConfig)
+    sampling: SamplingConfig = dataclasses.field(default_factory=SamplingConfig)
 
 
 class DiffusionTask(Task):
@@ -72,27 +98,26 @@ class DiffusionTask(Task):
     resizes (bilinear) them, e.g. 28 -> 32 so that a 4-level U-Net divides the size.
     """
 
+    DataConfig = DataConfig
+
     def __init__(self, config):
         super().__init__(config)
-        cfg = config.data
-        unknown = set(cfg) - DATA_KEYS
-        if unknown:
-            raise unknown_key_error("config.data", unknown, DATA_KEYS)
-        if not cfg.get("name"):
+        cfg = self.data_cfg = parse_section(DataConfig, config.data, "config.data")
+        if not cfg.name:
             raise ValueError("config.data.name is required (e.g. 'fashion_mnist_idx')")
-        self.diffusion_cfg = _section(cfg, "diffusion", DIFFUSION_DEFAULTS)
-        self.sampling_cfg = _section(cfg, "sampling", SAMPLING_DEFAULTS)
-        self.resize = cfg.get("resize") or "bilinear"
+        self.diffusion_cfg = dataclasses.asdict(cfg.diffusion)
+        self.sampling_cfg = dataclasses.asdict(cfg.sampling)
+        self.resize = cfg.resize or "bilinear"
         if self.resize not in ("bilinear", "pad"):
             raise ValueError(f"config.data.resize={self.resize!r}: choose 'bilinear' or 'pad'")
         self._check_sampling(self.sampling_cfg)
         # Fails here, before any compile, when the dataset is missing (the error says what to do).
-        self.info = data.dataset_info(cfg.name, data_dir=cfg.get("data_dir") or None)
+        self.info = self.image_dataset_info(cfg)
         if not self.info.fixed_size:
             raise ValueError(f"{cfg.name} images vary in size {self.info.image_shape}; diffusion "
                              "needs fixed-size images")
         h, w, c = self.info.image_shape
-        size = cfg.get("image_size")
+        size = cfg.image_size
         self.image_shape = (int(size), int(size), c) if size else (h, w, c)
         self.diffusion = self._make_diffusion(self.diffusion_cfg)
         self.dtype = jnp.dtype(config.get("dtype", "float32"))
@@ -156,21 +181,21 @@ class DiffusionTask(Task):
         return self.model.init({"params": rng}, x, t, train=False)["params"]
 
     def train_size(self) -> int:
-        return self.info.num_examples[self.config.data.get("train_split", "train")]
+        return self.info.num_examples[self.data_cfg.train_split]
 
     # -- data --
     def _iterator(self, split: str, train: bool, seed: int, process_index: int,
                   process_count: int, batch_size: int | None = None):
-        cfg = self.config.data
+        cfg = self.data_cfg
         return data.make_iterator(
             cfg.name, split, global_batch_size=batch_size or int(self.config.batch_size),
             train=train, seed=seed, process_index=process_index, process_count=process_count,
-            data_dir=cfg.get("data_dir") or None, image_size=cfg.get("image_size"),
+            data_dir=cfg.data_dir or None, image_size=cfg.image_size,
             resize=self.resize, crop_padding=0,  # a shifted crop would teach black borders
-            flip=bool(cfg.get("flip", False)) if train else False, normalize="minus_one_one")
+            flip=bool(cfg.flip) if train else False, normalize="minus_one_one")
 
     def train_iterator(self, *, seed, process_index, process_count):
-        return self._iterator(self.config.data.get("train_split", "train"), True, seed,
+        return self._iterator(self.data_cfg.train_split, True, seed,
                               process_index, process_count)
 
     def eval_iterator(self, split, *, process_index, process_count,
@@ -180,9 +205,13 @@ class DiffusionTask(Task):
         batch = batch_size or int(self.config.batch_size)
         local = batch // process_count
         it = self._iterator(split, False, 0, process_index, process_count, batch)
-        for step, host_batch in enumerate(it):
-            start = step * batch + process_index * local
-            yield {**host_batch, "index": np.arange(start, start + local, dtype=np.int32)}
+
+        def indexed():
+            for step, host_batch in enumerate(it):
+                start = step * batch + process_index * local
+                yield {**host_batch, "index": np.arange(start, start + local, dtype=np.int32)}
+
+        return CountedBatches(indexed(), getattr(it, "num_batches", None))
 
     # -- losses --
     def _apply(self, params: Any, x: jax.Array, t: jax.Array, rng: jax.Array | None = None):
@@ -238,13 +267,15 @@ class DiffusionTask(Task):
             return self._samplers[cache_key]
         shape = (batch_size, *self.image_shape)
         clip = bool(s["clip_denoised"])
+        tick = progress.scan_ticker(self.sampler_steps(s["sampler"], s["num_steps"]))
 
         def sample(params: Any, rng: jax.Array) -> jax.Array:
             model_fn = lambda x, t: self._apply(params, x, t)  # noqa: E731
             if s["sampler"] == "ddpm":
-                return ddpm_sample(self.diffusion, model_fn, rng, shape, clip_denoised=clip)
+                return ddpm_sample(self.diffusion, model_fn, rng, shape, clip_denoised=clip,
+                                   on_step=tick)
             return ddim_sample(self.diffusion, model_fn, rng, shape, num_steps=int(s["num_steps"]),
-                               eta=float(s["eta"]), clip_denoised=clip)
+                               eta=float(s["eta"]), clip_denoised=clip, on_step=tick)
 
         if mesh is None:
             fn = jax.jit(sample)
@@ -255,14 +286,29 @@ class DiffusionTask(Task):
         self._samplers[cache_key] = fn
         return fn
 
+    def sampler_steps(self, sampler: str | None = None, num_steps: int | None = None) -> int:
+        """Model calls per sample: T for DDPM, num_steps for DDIM (defaults: the config)."""
+        sampler = sampler or self.sampling_cfg["sampler"]
+        if sampler == "ddpm":
+            return self.diffusion.num_timesteps
+        return int(num_steps or self.sampling_cfg["num_steps"])
+
     def generate(self, params: Any, num: int, rng: jax.Array, mesh: Mesh | None = None,
-                 batch_size: int | None = None, **settings: Any) -> np.ndarray:
+                 batch_size: int | None = None, desc: str = "sampling", **settings: Any
+                 ) -> np.ndarray:
         """`num` samples float32 `[num, H, W, C]` in [-1, 1], in batches of `batch_size` (default
-        num_images) from one jitted sampler; batch i uses `fold_in(rng, i)`."""
+        num_images) from one jitted sampler; batch i uses `fold_in(rng, i)`. Progress (`desc`)
+        counts sampler steps over all batches."""
         batch_size = batch_size or int(self.sampling_cfg["num_images"]) or num
         fn = self.sampler(batch_size, mesh, **settings)
-        out = [shd.to_host(fn(params, jax.random.fold_in(rng, i)))
-               for i in range(math.ceil(num / batch_size))]
+        steps = self.sampler_steps(settings.get("sampler"), settings.get("num_steps"))
+        calls = math.ceil(num / batch_size)
+        out = []
+        with progress.Progress(f"{desc} ({num} images)", calls * steps, unit="steps") as p:
+            for i in range(calls):
+                with p.scan(offset=i * steps):
+                    out.append(shd.to_host(fn(params, jax.random.fold_in(rng, i))))
+                p.update_to((i + 1) * steps)
         return np.concatenate(out)[:num]
 
     def to_pixels(self, samples: np.ndarray) -> np.ndarray:
@@ -317,8 +363,8 @@ class DiffusionTask(Task):
         if samples is None:
             num = int(num_samples)
             rng = jax.random.PRNGKey(int(self.sampling_cfg["seed"]) + 1) if rng is None else rng
-            samples = self.generate(params, num, rng, mesh, **settings)
-        generated = features(self.to_pixels(samples))
+            samples = self.generate(params, num, rng, mesh, desc="FID sampling", **settings)
+        generated = features(self.to_pixels(samples), desc="FID features of the samples")
         return fid_lib.frechet_distance(*fid_lib.feature_statistics(generated), mu, sigma)
 
     def fid_baselines(self, num: int, *, classifier_workdir: str | None = None,
@@ -339,15 +385,22 @@ class DiffusionTask(Task):
             raise ValueError(f"split {heldout_split!r} has {len(real)} images, fewer than {num}")
         noise = np.random.default_rng(seed).integers(
             0, self.info.pixel_max + 1, size=(num, *self.info.image_shape)).astype(np.float32)
+        noise_features = features(noise, desc="FID features of uniform noise")
         return {name: fid_lib.frechet_distance(*fid_lib.feature_statistics(f), mu, sigma)
-                for name, f in (("fid_real", real), ("fid_noise", features(noise)))}
+                for name, f in (("fid_real", real), ("fid_noise", noise_features))}
+
+    @property
+    def bpd_scan_steps(self) -> int:
+        """Model calls per batch of `bpd_terms` (its progress ticks): all T steps."""
+        return self.diffusion.num_timesteps
 
     def bpd_terms(self, params: Any, x0: jax.Array, rng: jax.Array) -> dict[str, jax.Array]:
         """Per-example full variational bound (eq. 5) over all T steps, in bits/dim: 'bpd'
         (total), 'prior_bpd' (L_T), 'decoder_bpd' (L_0), each `[batch]`. The discretised
         decoder assumes 256 levels (eq. 13), so for data with fewer levels (the sklearn digits:
         17) the number is not a true code length."""
-        out = self.diffusion.bits_per_dim(lambda x, t: self._apply(params, x, t), x0, rng)
+        out = self.diffusion.bits_per_dim(lambda x, t: self._apply(params, x, t), x0, rng,
+                                          on_step=progress.scan_ticker(self.bpd_scan_steps))
         return {"bpd": out["total_bpd"], "prior_bpd": out["prior_bpd"],
                 "decoder_bpd": out["vb"][:, 0]}
 

@@ -49,6 +49,7 @@ class SequenceTask(Task):
     def __init__(self, config):
         super().__init__(config)
         self.data_cfg = parse_section(self.DataConfig, config.data, "config.data")
+        self.check_data_dirs(self.data_cfg)
         self.tokenizer_kind = self.data_cfg.tokenizer
         if self.tokenizer_kind not in ("byte", "sentencepiece"):
             raise ValueError(f"config.data.tokenizer={self.tokenizer_kind!r}: choose 'byte' or "

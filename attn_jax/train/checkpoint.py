@@ -161,16 +161,17 @@ class Checkpointer:
                         step_dir)
         return state, restored.data, restored.config
 
-    def restore_latest(self, abstract_state: Any, config: dict) -> tuple[int | None, Any]:
+    def restore_latest(self, abstract_state: Any) -> tuple[int | None, Any]:
         """(step, (state, data)) of the newest checkpoint that reads and verifies, or (None, None)
         when there is none. A newer one that fails is named in a warning and moved aside to
         `<step>.corrupt` (never deleted). When every checkpoint fails, raises CheckpointError
-        listing them and moves nothing. Warns about config keys that differ from the saved one."""
+        listing them and moves nothing. (Whether the checkpoint fits the config is checked
+        before, read-only: `saved_run` and `attn_jax.train.safety.check_resume`.)"""
         failures: list[tuple[int, str]] = []
         for step in sorted(self.manager.all_steps(), reverse=True):
             reason = "failed on another process"
             try:
-                state, data, saved_config = self._restore_verified(step, abstract_state)
+                state, data, _ = self._restore_verified(step, abstract_state)
                 ok = True
             except Exception as e:  # any read or verification error: try the step before
                 ok, reason = False, _one_line(e)
@@ -178,9 +179,6 @@ class Checkpointer:
                 failures.append((step, reason))
                 continue
             self._move_aside(failures, step)
-            changed = config_changes(saved_config, config)
-            if changed:
-                log.warning("resuming step %d with a changed config: %s", step, "; ".join(changed))
             return step, (state, data)
         if failures:
             raise CheckpointError(f"no checkpoint in {self.directory} reads and verifies: "
@@ -311,16 +309,64 @@ def _checksum(x: jax.Array) -> tuple[jax.Array, jax.Array]:
     return jnp.sum(bits, dtype=jnp.uint32), jnp.sum(bits * weight, dtype=jnp.uint32)
 
 
-def config_changes(saved: dict, current: dict) -> list[str]:
-    """'key: old -> new' for each config key that differs (debug hooks left out)."""
-    def flat(d: dict, prefix: str = "") -> dict[str, Any]:
-        out = {}
-        for k, v in d.items():
-            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, dict) else {f"{prefix}{k}": v})
-        return out
-    old, new = flat(saved), flat(json.loads(json.dumps(current, default=str)))
-    return [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in sorted(set(old) | set(new))
-            if old.get(k) != new.get(k) and not k.startswith("debug.")]
+def flat_config(config: dict, prefix: str = "") -> dict[str, Any]:
+    """{'optim.learning_rate': 0.001, ...} of a config dict, values as JSON has them (tuples as
+    lists), so that a config and its saved config.json compare equal."""
+    out: dict[str, Any] = {}
+    for k, v in json.loads(json.dumps(config, default=str)).items():
+        out.update(flat_config(v, f"{prefix}{k}.") if isinstance(v, dict) and v
+                   else {f"{prefix}{k}": v})
+    return out
+
+
+def config_diff(saved: dict, current: dict) -> dict[str, tuple[Any, Any]]:
+    """{key: (saved value, current value)} of each config key that differs (None: absent)."""
+    old, new = flat_config(saved), flat_config(current)
+    return {k: (old.get(k), new.get(k)) for k in sorted(set(old) | set(new))
+            if old.get(k) != new.get(k)}
+
+
+def saved_run(directory: str) -> tuple[int, dict[str, tuple[int, ...]], dict] | None:
+    """(step, {state path: shape}, config) of the newest checkpoint in `directory` whose
+    metadata reads, without restoring an array or writing anything; None when there is none.
+    Parameter paths of old checkpoints come renamed (`attn_jax.train.legacy`), as a restore
+    would read them."""
+    if not os.path.isdir(directory):
+        return None
+    handlers = dict(state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
+                    data=ocp.JsonCheckpointHandler(), digest=ocp.JsonCheckpointHandler(),
+                    eval=ocp.JsonCheckpointHandler())
+    options = ocp.CheckpointManagerOptions(read_only=True, save_interval_steps=0, create=False)
+    absl_log = logging.getLogger("absl")
+    level = absl_log.level
+    absl_log.setLevel(logging.ERROR)  # orbax warns that a read-only manager is read-only
+    try:
+        with ocp.CheckpointManager(directory, item_handlers=handlers, options=options) as manager:
+            return _newest_readable(manager)
+    finally:
+        absl_log.setLevel(level)
+
+
+def _newest_readable(manager: ocp.CheckpointManager
+                     ) -> tuple[int, dict[str, tuple[int, ...]], dict] | None:
+    for step in sorted(manager.all_steps(), reverse=True):
+        try:
+            tree = manager.item_metadata(step)["state"]
+            tree = upgrade_params({k: tree[k] for k in tree.keys()})
+            shapes = {_path_name(p): tuple(leaf.shape)
+                      for p, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+            config = dict(manager.restore(step, args=ocp.args.Composite(
+                config=ocp.args.JsonRestore())).config)
+        except Exception:  # unreadable (None, missing files): the restore's fallback decides
+            continue
+        return step, shapes, config
+    return None
+
+
+def state_shapes(abstract_state: Any) -> dict[str, tuple[int, ...]]:
+    """{state path: shape} of a train state, in the paths `saved_run` gives."""
+    return {_path_name(p): tuple(x.shape)
+            for p, x in jax.tree_util.tree_leaves_with_path(abstract_state)}
 
 
 def _one_line(e: BaseException) -> str:

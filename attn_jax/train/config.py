@@ -60,6 +60,11 @@ def base_config() -> ml_collections.ConfigDict:
     # default evaluators.
     c.evals = ml_collections.ConfigDict()
 
+    # Resuming with a config that differs from the saved one (WORKDIR/config.json) in a key that
+    # changes the schedule, the model or the data is refused; these comma-separated keys or
+    # sections (e.g. "total_steps,optim") may differ (attn_jax.train.safety.check_resume).
+    c.allow_changes = ""
+
     # Test hooks: simulate crashes, record the batches seen.
     c.debug = ml_collections.ConfigDict(dict(log_batches=False, kill_after_step=-1,
                                              kill_after_save_step=-1))
@@ -101,6 +106,7 @@ def parse_section(cls: type[T], given: Mapping[str, Any] | None, where: str,
     """
     given = {k: v for k, v in _plain(given or {}).items() if k not in ignore}
     fields = {f.name: f for f in dataclasses.fields(cls)}
+    hints = typing.get_type_hints(cls)
     unknown = set(given) - set(fields)
     if unknown:
         raise unknown_key_error(where, unknown, set(fields) | set(ignore))
@@ -108,18 +114,134 @@ def parse_section(cls: type[T], given: Mapping[str, Any] | None, where: str,
                and f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING]
     if missing:
         raise ValueError(f"{where} needs {missing} (no default)")
-    hints = typing.get_type_hints(cls)
     for name, value in given.items():
         hint = hints.get(name)
         if hint is float and isinstance(value, int) and not isinstance(value, bool):
             given[name] = float(value)
+        elif dataclasses.is_dataclass(hint) and not isinstance(value, hint):  # a sub-section
+            given[name] = parse_section(hint, value, f"{where}.{name}")
     return cls(**given)
 
 
-def section_doc(cls: type) -> list[tuple[str, Any]]:
-    """(key, default) of a declared section, for --help and README tables."""
-    return [(f.name, f.default if f.default is not dataclasses.MISSING else "(required)")
-            for f in dataclasses.fields(cls)]
+# ------------------------------------------------------------------ declared keys, filled in
+def _default(f: dataclasses.Field) -> Any:
+    if f.default is not dataclasses.MISSING:
+        return f.default
+    if f.default_factory is not dataclasses.MISSING:
+        return f.default_factory()
+    return dataclasses.MISSING
+
+
+def _scalar_type(hint: Any) -> type | None:
+    """int for `int | None` (the type a command-line value of an unset key is parsed as)."""
+    args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if len(args) == 1 and args[0] in (int, float, bool, str):
+        return args[0]
+    return hint if hint in (int, float, bool, str) else None
+
+
+def filled_section(cls: type, given: Any, ignore: tuple[str, ...] = ()
+                   ) -> ml_collections.ConfigDict:
+    """The section `given` with every key `cls` declares: given values kept (lists as tuples,
+    ints of float keys as floats), the others at their defaults. Unset keys of type `T | None`
+    become typed references, so `--config.data.image_size=32` parses as an int. Unknown keys
+    are kept (`parse_section` names them); keys without a default stay absent."""
+    given = dict(given or {})
+    out = ml_collections.ConfigDict()
+    hints = typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        hint, default = hints.get(f.name), _default(f)
+        if f.name in given:
+            value = _plain(given.pop(f.name))
+            if dataclasses.is_dataclass(hint) and isinstance(value, dict):
+                value = filled_section(hint, value)
+            elif hint is float and isinstance(value, int) and not isinstance(value, bool):
+                value = float(value)
+        elif default is dataclasses.MISSING:
+            continue
+        elif dataclasses.is_dataclass(default):
+            value = filled_section(type(default), {})
+        elif default is None and _scalar_type(hint) is not None:
+            value = ml_collections.FieldReference(None, field_type=_scalar_type(hint))
+        else:
+            value = default
+        out[f.name] = value
+    for key, value in given.items():  # ignored (e.g. an evaluator's 'type') or unknown
+        out[key] = _plain(value) if key not in ignore else value
+    return out
+
+
+def fill_declared_keys(config: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
+    """`config` (in place) with every key that its task's `DataConfig` declares in
+    `config.data`, and every key of each `config.evals.NAME` evaluator type, present with its
+    default, so that the command line can set any of them. An empty `config.evals` stays empty
+    (the task's default evaluators)."""
+    from attn_jax.eval.evaluators import EVALUATORS  # heavy imports: only when filling
+    from attn_jax.tasks import get_task
+
+    data_config = getattr(get_task(config.get("task")), "DataConfig", None)
+    with config.unlocked():
+        if data_config is not None:
+            config.data = filled_section(data_config, config.get("data"))
+        evals = config.get("evals") or {}
+        for name in list(evals):
+            section = dict(evals[name] or {})
+            kind = section.get("type", name)
+            if kind in EVALUATORS:
+                config.evals[name] = filled_section(EVALUATORS[kind].Config, section,
+                                                    ignore=("type",))
+    return config
+
+
+def section_doc(cls: type, prefix: str = "") -> list[tuple[str, str, Any]]:
+    """(key, type, default) of a declared section and its sub-sections, for README tables."""
+    hints, out = typing.get_type_hints(cls), []
+    for f in dataclasses.fields(cls):
+        hint, default = hints.get(f.name), _default(f)
+        if dataclasses.is_dataclass(default):
+            out += section_doc(type(default), f"{prefix}{f.name}.")
+            continue
+        name = getattr(hint, "__name__", None) if not typing.get_args(hint) else None
+        kind = name or str(hint).replace("typing.", "").replace(" | ", " or ")  # no table pipes
+        out.append((prefix + f.name, kind,
+                    "(required)" if default is dataclasses.MISSING else default))
+    return out
+
+
+def keys_reference() -> str:
+    """Markdown listing of every config key: the trainer's (from `base_config()`), each task's
+    `config.data` and each evaluator type's `config.evals.NAME` (from their declarations).
+    README.md holds its output between the `config-keys` markers (tests/test_cli.py checks)."""
+    from attn_jax.eval.evaluators import EVALUATORS
+    from attn_jax.tasks import TASKS, get_task
+
+    def table(rows) -> list[str]:
+        return ["| key | type | default |", "|---|---|---|"] + [
+            f"| `{k}` | {t} | `{d!r}` |" if d != "(required)" else f"| `{k}` | {t} | required |"
+            for k, t, d in rows]
+
+    def flat(node: Any, prefix: str = "") -> list[tuple[str, str, Any]]:
+        rows = []
+        for key, value in node.items():
+            if isinstance(value, ml_collections.ConfigDict):
+                rows += flat(value, f"{prefix}{key}.") if value else [
+                    (prefix + key, "section", {})]
+            else:
+                rows.append((prefix + key, type(value).__name__, value))
+        return rows
+
+    lines = ["#### The trainer's keys (`attn_jax.train.config.base_config`)", "",
+             "`model` holds `name` and the model's own fields (`attn_jax/models/`); `data` and "
+             "`evals` are declared by the task and the evaluators, below.", "",
+             *table(flat(base_config())), ""]
+    for task in TASKS:
+        cls = get_task(task).DataConfig
+        lines += [f"#### `config.data` of `task={task!r}` ({cls.__module__}.{cls.__qualname__})",
+                  "", *table(section_doc(cls)), ""]
+    for kind, evaluator in EVALUATORS.items():
+        lines += [f"#### `config.evals.NAME` of `type={kind!r}` ({evaluator.__name__})", "",
+                  *table(section_doc(evaluator.Config)), ""]
+    return "\n".join(lines).rstrip() + "\n"
 
 
 # config.data keys of runs written before the evaluators and config.init existed:

@@ -1,14 +1,16 @@
 """The shared trainer: one loop for every task, on any mesh, single- or multi-host.
 
 Reads top to bottom: config checks -> mesh -> task, evaluators and abstract state (fresh, or
-`config.init` from another run) -> shardings -> workdir, checkpoint restore or init -> jitted
+`config.init` from another run) -> shardings (`plan_run`: what `train.py --dry_run` prints) ->
+the workdir's checkpoint checked against them -> workdir, checkpoint restore or init -> jitted
 step -> loop (train, log, evaluators on their own cadence, checkpoint).
 Nothing touches the workdir before every check has passed and the state has been traced, so a bad
-config never damages an existing run.
+config, or a workdir of another model or config, never damages an existing run.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -25,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from attn_jax import progress as progress_lib
 from attn_jax.attention import attention_platform
 from attn_jax.eval.evaluators import EvalContext, build_evaluators, run_due
 from attn_jax.tasks import get_task
@@ -32,7 +35,7 @@ from attn_jax.train import safety
 from attn_jax.train import sharding as shd
 from attn_jax.train.checkpoint import Checkpointer, abstract_with_shardings
 from attn_jax.train.init import Initializer
-from attn_jax.train.metric_writer import MetricWriter, Progress
+from attn_jax.train.metric_writer import MetricWriter, TrainProgress
 from attn_jax.train.optim import ParamGroups, make_optimizer
 
 log = logging.getLogger(__name__)
@@ -75,6 +78,39 @@ def validate(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None
         raise ValueError(f"dtype={config.dtype!r}: choose float32, bfloat16 or float16")
     if not 0.0 <= float(config.get("ema_decay", 0.0)) < 1.0:
         raise ValueError(f"ema_decay={config.ema_decay} must be in [0, 1)")
+
+
+def fit_to_length(config: ml_collections.ConfigDict, steps: int
+                  ) -> tuple[ml_collections.ConfigDict, str]:
+    """`config` with what cannot fit in a run of `steps` steps cut to fit (a warmup as long as
+    the run: a tenth of it; log, eval and checkpoint cadences longer than the run: a log line
+    every tenth, evaluations and the checkpoint at the end), and a one-line note naming each
+    change ('' when nothing changed). So `--config.total_steps=N` alone makes a short run."""
+    fitted = config.copy_and_resolve_references()
+    changes: list[tuple[str, int, int]] = []
+
+    def fit(node: ml_collections.ConfigDict, key: str, where: str, value: int) -> None:
+        changes.append((where, int(node[key]), value))
+        node[key] = value
+
+    with fitted.unlocked():
+        optim = fitted.optim
+        warmup = int(optim.get("warmup_steps", 0))
+        if optim.get("schedule", "cosine") != "constant" and warmup >= steps:
+            fit(optim, "warmup_steps", "optim.warmup_steps", steps // 10)
+        if int(fitted.get("log_every_steps", 50)) > steps:
+            fit(fitted, "log_every_steps", "log_every_steps", max(1, steps // 10))
+        if int(fitted.get("eval_every_steps", 0)) > steps:
+            fit(fitted, "eval_every_steps", "eval_every_steps", steps)
+        if int(fitted.checkpoint.get("every_steps", 0)) > steps:
+            fit(fitted.checkpoint, "every_steps", "checkpoint.every_steps", steps)
+        for name, section in (fitted.get("evals") or {}).items():
+            if int(section.get("every_steps", 0)) > steps:
+                fit(section, "every_steps", f"evals.{name}.every_steps", steps)
+    if not changes:
+        return config, ""
+    return fitted, (f"fitted to the {steps}-step run: " + ", ".join(
+        f"{where} {old} -> {new}" for where, old, new in changes))
 
 
 # ------------------------------------------------------------------------------------ steps
@@ -134,27 +170,49 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
     return train_step
 
 
-# ------------------------------------------------------------------------------------ main
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: list[jax.Device] | None = None) -> tuple[TrainState, dict[str, float]]:
-    """Train `config.task` as configured, resuming from `workdir` if it holds a checkpoint.
+# ------------------------------------------------------------------------------------ plan
+@dataclasses.dataclass
+class Plan:
+    """What the checks build before anything is written: the run as `train.py --dry_run` shows
+    it. `config` is the effective config (`fit_to_length` applied); `note` says what that
+    changed ('' if nothing)."""
 
-    Args:
-      devices: the devices of the mesh (default: all devices of all processes).
-    Returns:
-      The final train state (sharded on the mesh) and the last evaluation's metrics.
+    config: ml_collections.ConfigDict
+    note: str
+    mesh: jax.sharding.Mesh
+    task: Any
+    evaluators: list
+    steps: int
+    tx: optax.GradientTransformation
+    schedule: optax.Schedule
+    groups: ParamGroups
+    init_state: Callable[[jax.Array], TrainState]
+    abstract: TrainState       # ShapeDtypeStructs with the target shardings
+    state_sh: TrainState
+    param_sh: Any
+    n_params: int
+
+
+def plan_run(config: ml_collections.ConfigDict, workdir: str,
+             devices: list[jax.Device] | None = None) -> Plan:
+    """Every check of `config` (ranges, mesh, task, data, evaluators, the model traced to its
+    abstract state), writing nothing but a SentencePiece task's vocabulary into `workdir`.
+
     Raises:
-      safety.TrainingError: a handled fault (see attn_jax/train/safety.py for each exit code).
+      safety.ConfigError: whatever the config gets wrong (a ValueError or OSError of a check,
+        with it as the cause), as one line naming the problem.
     """
     safety.check_config(config)
-    safety.lock_workdir(workdir, probe=True)  # a live run there: fail now, not after tracing
-    with safety.RunGuard() as guard:  # lock, signal handlers: released however the run ends
-        return _train_and_evaluate(config, workdir, devices, guard)
+    try:
+        return _plan(config, workdir, devices)
+    except safety.TrainingError:
+        raise
+    except (ValueError, OSError) as e:  # the config's fault: bad values, missing data
+        raise safety.ConfigError(" ".join(str(e).split()) or type(e).__name__) from e
 
 
-def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                        devices: list[jax.Device] | None, guard: safety.RunGuard
-                        ) -> tuple[TrainState, dict[str, float]]:
+def _plan(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.Device] | None
+          ) -> Plan:
     # -- checks and mesh (nothing written yet) --
     mesh = shd.make_mesh(dict(config.mesh), devices)
     attention_platform(mesh)  # the attention kernel is chosen for the mesh's devices
@@ -165,17 +223,15 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     # may be written before the state is traced.
     task.workdir = workdir
     task.validate()
-    evaluators = build_evaluators(config, task)  # every section checked before any compile
     steps = total_steps(config, task)
-    accum = int(config.get("grad_accum_steps", 1))
+    config, note = fit_to_length(config, steps)
+    evaluators = build_evaluators(config, task)  # every section checked before any compile
     ema_decay = float(config.get("ema_decay", 0.0))
-    primary = jax.process_index() == 0
 
     # -- abstract state and its shardings --
     tx, schedule = make_optimizer(config.optim, steps)
     groups = ParamGroups(config.optim.get("lr_mults", ()))
     initializer = Initializer.from_config(config)
-    seed = int(config.seed)
 
     def init_state(rng: jax.Array) -> TrainState:
         """Parameters keep their logical-axis boxes here; `nn.unbox` strips them."""
@@ -185,7 +241,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                           ema_params=params if ema_decay else None, rng=rng)
 
     # Traced, not compiled: a model's shape errors surface here, before anything is written.
-    abstract_boxed = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(seed)))
+    abstract_boxed = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(int(config.seed))))
     param_sh = shd.logical_shardings(abstract_boxed.params, mesh)
     state_sh = TrainState(
         step=shd.NamedSharding(mesh, shd.P()), params=param_sh,
@@ -194,41 +250,82 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     abstract = abstract_with_shardings(nn.unbox(abstract_boxed), state_sh)
     groups.check(abstract.params)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))
+    return Plan(config, note, mesh, task, evaluators, steps, tx, schedule, groups, init_state,
+                abstract, state_sh, param_sh, n_params)
+
+
+# ------------------------------------------------------------------------------------ main
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
+                       devices: list[jax.Device] | None = None) -> tuple[TrainState, dict[str, float]]:
+    """Train `config.task` as configured, resuming from `workdir` if it holds a checkpoint.
+
+    Args:
+      devices: the devices of the mesh (default: all devices of all processes).
+    Returns:
+      The final train state (sharded on the mesh) and the last evaluation's metrics.
+    Raises:
+      safety.TrainingError: a handled fault (see attn_jax/train/safety.py for each exit code);
+        safety.ConfigError when the config, or the workdir's checkpoint, does not fit (nothing
+        is written then).
+    """
+    safety.lock_workdir(workdir, probe=True)  # a live run there: fail now, not after tracing
+    plan = plan_run(config, workdir, devices)
+    _, resume_note = safety.check_resume(workdir, config, plan.abstract)  # read-only
+    primary = jax.process_index() == 0
+    if primary:
+        for note in (plan.note, resume_note):
+            if note:
+                print(note, flush=True)
+    with safety.RunGuard() as guard:  # lock, signal handlers: released however the run ends
+        return _train_and_evaluate(config, workdir, plan, guard)
+
+
+def _train_and_evaluate(user_config: ml_collections.ConfigDict, workdir: str, plan: Plan,
+                        guard: safety.RunGuard) -> tuple[TrainState, dict[str, float]]:
+    config, task, mesh, steps = plan.config, plan.task, plan.mesh, plan.steps
+    state_sh, param_sh, evaluators = plan.state_sh, plan.param_sh, plan.evaluators
+    accum = int(config.get("grad_accum_steps", 1))
+    ema_decay = float(config.get("ema_decay", 0.0))
+    primary = jax.process_index() == 0
+    seed = int(config.seed)
 
     # -- workdir: writer, checkpoints, data --
     os.makedirs(workdir, exist_ok=True)
     guard.lock(workdir)  # one train.py per workdir, before anything in it is touched
-    writer = MetricWriter(workdir, enabled=primary)
     ckpt = Checkpointer(os.path.join(workdir, "checkpoints"), config.checkpoint)
     train_iter = task.train_iterator(seed=seed, process_index=jax.process_index(),
                                      process_count=jax.process_count())
-    start, restored = ckpt.restore_latest(abstract, config.to_dict())  # the newest that verifies
+    start, restored = ckpt.restore_latest(plan.abstract)  # the newest that verifies
     if start is not None:
         state, data_state = restored
         train_iter.set_state(data_state)
-        log.info("resumed from step %d", start)
     else:
-        state = jax.jit(lambda: nn.unbox(init_state(jax.random.PRNGKey(seed))),
+        state = jax.jit(lambda: nn.unbox(plan.init_state(jax.random.PRNGKey(seed))),
                         out_shardings=state_sh)()
     if primary:
-        print(f"{config.task}: {n_params:,} parameters, mesh {dict(mesh.shape)}, "
+        print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+        print(f"devices: {shd.describe_devices(mesh.devices.flat)}", flush=True)
+        print(f"{config.task}: {plan.n_params:,} parameters, mesh {dict(mesh.shape)}, "
               f"{jax.process_count()} process(es), {steps} steps, "
               f"{'resuming at step ' + str(start) if start is not None else 'from scratch'}",
               flush=True)
+    # A finished run only reports: no event file, no metrics row.
+    writer = MetricWriter(workdir, enabled=primary and (start or 0) < steps)
 
     # -- jitted steps --
-    train_step = make_train_step(task, tx, schedule, accum, ema_decay,
-                                 bool(config.get("ema_warmup", True)), groups)
+    train_step = make_train_step(task, plan.tx, plan.schedule, accum, ema_decay,
+                                 bool(config.get("ema_warmup", True)), plan.groups)
     jit_train = None  # built on the first batch, when the batch's structure is known
 
     def save(step: int, metrics: dict[str, float] | None = None) -> None:
         guard.flush(ckpt)  # a NaN/Inf state is never saved
-        ckpt.save(step, state, train_iter.get_state(), config.to_dict(), metrics)
-        safety.write_config_json(workdir, config)  # describes the newest checkpoint
+        # The config as given (not as fitted to the run's length): a rerun compares against it.
+        ckpt.save(step, state, train_iter.get_state(), user_config.to_dict(), metrics)
+        safety.write_config_json(workdir, user_config)  # describes the newest checkpoint
 
     # -- loop --
     step = int(jax.device_get(state.step))
-    progress = Progress(steps, step, enabled=primary)
+    progress = TrainProgress(steps, step, enabled=primary)
     log_every = int(config.get("log_every_steps", 50))
     ckpt_every = int(config.checkpoint.get("every_steps", 0)) or steps
     debug = config.get("debug", ml_collections.ConfigDict())
@@ -244,19 +341,22 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
             state, metrics = jit_train(state, batch)
             step += 1
             guard.check_step(step, metrics, ckpt)  # NaN/Inf loss or grad norm, failed saves
+            log_now = step % log_every == 0 or step == steps
+            progress.update_to(step, quiet=log_now)  # a line at a steady rhythm between logs
             if debug.get("log_batches"):  # lets tests compare the batches two runs saw
                 _log_batch(workdir, step, host_batch, jax.process_index())
-            if step % log_every == 0 or step == steps:
+            if log_now:
                 metrics = {k: float(v) for k, v in jax.device_get(metrics).items()}
-                writer.scalars(step, "train", {**metrics, "steps_per_sec":
-                                               progress.report(step, metrics)})
+                rate = progress.report(step, metrics)
+                writer.scalars(step, "train", {**metrics, **(
+                    {"steps_per_sec": rate} if rate is not None else {})})
             eval_metrics = run_due(evaluators, EvalContext(
                 state.params, state.ema_params, step, workdir, writer, mesh, param_sh), steps)
             if eval_metrics is not None:
                 writer.scalars(step, "eval", eval_metrics)
                 if primary:
-                    print(f"eval @ {step}: " + "  ".join(
-                        f"{k} {v:.4f}" for k, v in eval_metrics.items()), flush=True)
+                    progress_lib.echo(f"eval @ {step}: " + "  ".join(
+                        f"{k} {v:.4f}" for k, v in eval_metrics.items()))
                 final = {**final, **eval_metrics}
             if step % ckpt_every == 0 or step == steps:
                 save(step, eval_metrics)
@@ -267,6 +367,7 @@ def _train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
                     os.kill(os.getpid(), signal.SIGKILL)  # a crash between steps
             guard.preempt_if_requested(step, ckpt, save)  # SIGTERM/SIGINT: save, exit 75
     finally:
+        progress.close(finished=step >= steps)
         ckpt.close()  # waits for an in-flight save: an exception never loses a checkpoint
         writer.close()
     return state, final

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
-import time
 from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
+
+from attn_jax.progress import Progress, hms
 
 
 class MetricWriter:
@@ -63,29 +63,25 @@ class MetricWriter:
             self._jsonl.close()
 
 
-class Progress:
-    """One console line per report: step, loss, learning rate, steps/s and ETA."""
+class TrainProgress(Progress):
+    """The trainer's progress (`attn_jax.progress.Progress`, 'train', in steps): a line at the
+    steady rhythm between log steps (or the live bar on a terminal), and at each log step the
+    metrics line
+
+        step 200/3000  loss 1.234  learning_rate 0.001  4.12 steps/s  ETA 0:11:23
+
+    The steps/s are those since the previous metrics line; the ETA is from the rate since the
+    first step, so the compilation of the first step is in neither."""
 
     def __init__(self, total_steps: int, start_step: int, enabled: bool = True):
-        self.total = total_steps
-        self.enabled = enabled
-        self._last_step = start_step
-        self._last_time = time.perf_counter()
+        super().__init__("train", total_steps, unit="steps", done=start_step, enabled=enabled)
 
-    def report(self, step: int, metrics: Mapping[str, float]) -> float:
-        now = time.perf_counter()
-        rate = (step - self._last_step) / max(now - self._last_time, 1e-9)
-        self._last_step, self._last_time = step, now
-        if self.enabled:
-            eta = (self.total - step) / rate if rate > 0 else float("inf")
-            shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-            print(f"step {step}/{self.total}  {shown}  {rate:.2f} steps/s  ETA {_hms(eta)}",
-                  file=sys.stdout, flush=True)
+    def report(self, step: int, metrics: Mapping[str, float]) -> float | None:
+        """Prints the metrics line of `step`; returns the steps/s since the previous one (None
+        at the first step, whose time is mostly compilation)."""
+        self.update_to(step, quiet=True)
+        rate = self.window_rate()
+        shown = "  ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        speed = f"{rate:.2f}" if rate is not None else "?"
+        self.write(f"step {step}/{self.total}  {shown}  {speed} steps/s  ETA {hms(self.eta())}")
         return rate
-
-
-def _hms(seconds: float) -> str:
-    if not np.isfinite(seconds):
-        return "?"
-    seconds = int(seconds)
-    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"

@@ -2,6 +2,10 @@
 
     config, params = load_params("runs/vit_fashion_mnist")          # latest checkpoint
     config, params = load_params(workdir, ema=True)                  # the EMA parameters
+
+Reading opens no `CheckpointManager`: a manager is for a run that saves (even read-only, orbax's
+manager warns "Given directory is read only" each time), and these tools only read, so they list
+the finalized steps and restore one step's `state` item directly.
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ from typing import Any
 
 import ml_collections
 import orbax.checkpoint as ocp
+from orbax.checkpoint.path import step as step_lib
 
 from attn_jax.train.checkpoint import interrupted_saves
 from attn_jax.train.config import upgrade_config
@@ -33,9 +38,7 @@ def checkpoint_steps(workdir: str) -> list[int]:
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
     if not os.path.isdir(directory):
         return []
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)
-                               ) as manager:
-        return sorted(manager.all_steps())
+    return sorted(step_lib.checkpoint_steps(directory))  # finalized: no interrupted saves
 
 
 def load_params(workdir: str, step: int | None = None, *, ema: bool = False
@@ -46,18 +49,17 @@ def load_params(workdir: str, step: int | None = None, *, ema: bool = False
     """
     config = load_config(workdir)
     directory = os.path.join(os.path.abspath(workdir), "checkpoints")
-    with ocp.CheckpointManager(directory, options=ocp.CheckpointManagerOptions(read_only=True)
-                               ) as manager:
-        steps = manager.all_steps()
-        if not steps:
-            partial = interrupted_saves(directory)
-            raise FileNotFoundError(f"no completed checkpoint in {directory}"
-                                    + (f" (interrupted saves: {partial})" if partial else ""))
-        step = max(steps) if step is None else step
-        if step not in steps:
-            raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; "
-                                    f"available: {sorted(steps)}")
-        state = manager.restore(step, args=ocp.args.Composite(
+    steps = checkpoint_steps(workdir)
+    if not steps:
+        partial = interrupted_saves(directory)
+        raise FileNotFoundError(f"no completed checkpoint in {directory}"
+                                + (f" (interrupted saves: {partial})" if partial else ""))
+    step = max(steps) if step is None else step
+    if step not in steps:
+        raise FileNotFoundError(f"no checkpoint for step {step} in {directory}; "
+                                f"available: {steps}")
+    with ocp.Checkpointer(ocp.CompositeCheckpointHandler()) as checkpointer:
+        state = checkpointer.restore(os.path.join(directory, str(step)), args=ocp.args.Composite(
             state=ocp.args.StandardRestore())).state
     if ema:
         if state.get("ema_params") is None:

@@ -4,13 +4,18 @@
 the log filters); the loop calls it at a few points. Faults end the run with a `TrainingError`,
 whose `exit_code` train.py exits with after printing the message as one line:
 
-    2   ConfigError      a config value is out of range; nothing was written
+    2   ConfigError      the user's mistake, caught before anything is written: a bad config key
+                         or value, a config file that does not load, missing data, a workdir
+                         holding a checkpoint of another model, or a resume with a config that
+                         changes the schedule, the model or the data
     3   NonFiniteError   a NaN/Inf loss or gradient norm; that state is never saved
     4   CheckpointError  a save failed, or no checkpoint in the workdir reads and verifies
     5   WorkdirLocked    another train.py holds the workdir
     75  Preempted        SIGTERM/SIGINT: the step reached is saved; rerun the command to resume
 
-A second SIGTERM/SIGINT kills the process at once (status 143/130).
+A second SIGTERM/SIGINT kills the process at once (status 143/130). Before the guard is entered
+(while train.py reads its config and the checks run) SIGINT exits at once with one line and
+status 130, having written nothing (attn_jax.train.cli).
 
 jax is imported inside the functions that use it, so that train.py can probe the workdir lock
 before it pays for importing jax.
@@ -115,6 +120,87 @@ def check_config(config: ml_collections.ConfigDict) -> None:
         errors.append(f"checkpoint.best_mode={mode!r}: choose 'max' or 'min'")
     if errors:
         raise ConfigError("; ".join(errors))
+
+
+# ------------------------------------------------------------------------------ resuming
+# Keys that may differ from the saved config on resume without changing what is trained:
+# cadences, the checkpoint policy, the mesh (a resume reshards), evaluation, where the data lie
+# on this machine, the gradient-accumulation split of the same batch, the transfer source
+# (read only by a fresh start) and test hooks. 'SECTION.*' covers a whole section.
+RESUME_HARMLESS = ("log_every_steps", "eval_every_steps", "checkpoint.*", "evals.*", "mesh.*",
+                   "init.*", "debug.*", "allow_changes", "grad_accum_steps", "data.data_dir",
+                   "data.source_dir", "data.eval_splits", "data.sampling.*")
+
+
+def _covered(key: str, patterns: list[str] | tuple[str, ...]) -> bool:
+    """Whether `key` is one of `patterns` ('a.b', or 'a' / 'a.*' for all of section a)."""
+    return any(key == p or key.startswith(p.removesuffix(".*") + ".") for p in patterns if p)
+
+
+def _filled(config: dict) -> dict:
+    """A config dict with the trainer's keys, and the declared data and evals keys, at their
+    defaults where it lacks them: a config saved before a key existed compares equal to
+    today's with that key at its default."""
+    import ml_collections
+
+    from attn_jax.train.config import base_config, fill_declared_keys, upgrade_config
+
+    def merged(base: dict, given: dict) -> dict:
+        return {**base, **{k: merged(base[k], v) if isinstance(v, dict) and isinstance(
+            base.get(k), dict) else v for k, v in given.items()}}
+
+    config = merged(base_config().to_dict(), upgrade_config(config))
+    try:
+        return fill_declared_keys(ml_collections.ConfigDict(config)).to_dict()
+    except (ValueError, KeyError, TypeError, AttributeError):  # an unknown task: as it is
+        return config
+
+
+def _shape(shape: tuple[int, ...] | None) -> str:
+    return "nothing" if shape is None else str(tuple(shape))
+
+
+def check_resume(workdir: str, config: ml_collections.ConfigDict, abstract_state: Any
+                 ) -> tuple[int | None, str]:
+    """Read-only checks of the checkpoint a run would resume from (the newest that reads), before
+    anything is written. Returns its step (None: no checkpoint) and a one-line note of the config
+    changes that pass ('' if none).
+
+    Raises ConfigError when the checkpoint holds another model (its first mismatching array is
+    named: 'params/.../kernel stored (4, 16), config (4, 8)'), or when the config differs from
+    the saved one in a key that changes the schedule, the model or the data and is not named in
+    `config.allow_changes` (see RESUME_HARMLESS for the keys that always pass).
+    """
+    from attn_jax.train.checkpoint import config_diff, saved_run, state_shapes
+
+    directory = os.path.join(workdir, "checkpoints")
+    saved = saved_run(directory)
+    if saved is None:
+        return None, ""
+    step, stored, saved_config = saved
+    diff = config_diff(_filled(saved_config), _filled(config.to_dict()))
+    diff.pop("allow_changes", None)
+    changes = "; ".join(f"{k} {old!r} -> {new!r}" for k, (old, new) in diff.items())
+    wanted = state_shapes(abstract_state)
+    order = [k for k in wanted if k.startswith("params/")] + [k for k in wanted] + list(stored)
+    bad = list(dict.fromkeys(k for k in order if stored.get(k) != wanted.get(k)))
+    if bad:
+        first = bad[0]
+        raise ConfigError(
+            f"workdir {workdir} holds checkpoint {step} of another model (first mismatch: "
+            f"{first} stored {_shape(stored.get(first))}, config {_shape(wanted.get(first))}"
+            + (f"; {len(bad) - 1} more arrays differ" if len(bad) > 1 else "") + ")"
+            + (f"; the config differs from the saved one in {changes}" if changes else "")
+            + f": use a new --workdir, or the config saved in {workdir}/config.json")
+    allowed = [k.strip() for k in str(config.get("allow_changes", "")).split(",")]
+    refused = [k for k in diff if not _covered(k, RESUME_HARMLESS) and not _covered(k, allowed)]
+    if refused:
+        shown = "; ".join(f"{k} {diff[k][0]!r} -> {diff[k][1]!r}" for k in refused)
+        raise ConfigError(
+            f"workdir {workdir} holds checkpoint {step} of a run with another config: {shown}. "
+            "These keys change the schedule, the model or the data; resume anyway with "
+            f"--config.allow_changes={','.join(refused)}, or use a new --workdir")
+    return step, (f"resuming checkpoint {step} with config changes: {changes}" if changes else "")
 
 
 def write_config_json(workdir: str, config: ml_collections.ConfigDict) -> None:

@@ -158,3 +158,15 @@ def to_host(x: Any) -> np.ndarray:
     from jax.experimental import multihost_utils
 
     return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
+def describe_devices(devices: Sequence[jax.Device]) -> str:
+    """'8 x cpu' or '16 x NVIDIA H200 (gpu) over 2 processes': the devices by kind."""
+    devices, kinds = list(devices), {}
+    for d in devices:
+        kind = d.device_kind if d.device_kind.lower() == d.platform else (
+            f"{d.device_kind} ({d.platform})")
+        kinds[kind] = kinds.get(kind, 0) + 1
+    processes = len({d.process_index for d in devices})
+    return (", ".join(f"{n} x {kind}" for kind, n in kinds.items())
+            + (f" over {processes} processes" if processes > 1 else ""))

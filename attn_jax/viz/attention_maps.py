@@ -20,6 +20,7 @@ import dataclasses
 import functools
 import math
 import os
+import shutil
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -85,16 +86,22 @@ def token_labels(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
     return labels
 
 
+def _pyplot():
+    try:
+        import matplotlib
+    except ImportError:  # a core dependency; an environment may still lack it
+        raise ImportError("attention heatmaps need matplotlib: pip install matplotlib (or "
+                          "reinstall attn_jax: pip install -e .)") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def plot_heads(weights: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
                title: str, path: str) -> None:
     """A PNG of `weights` `[heads, q_len, kv_len]`: one heatmap per head and their mean."""
-    try:
-        import matplotlib
-    except ImportError:
-        raise ImportError("attention heatmaps need matplotlib: pip install 'attn_jax[viz]'") from None
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    plt = _pyplot()
 
     heads, rows, cols = weights.shape
     panels = [(f"head {h}", weights[h]) for h in range(heads)] + [("mean", weights.mean(0))]
@@ -134,9 +141,11 @@ class AttentionMaps:
 def attention_maps(workdir: str, text: str, out: str | None = None, step: int | None = None
                    ) -> AttentionMaps:
     """Translates `text` with the run in `workdir` and writes its attention maps to `out`
-    (default `<workdir>/attention_maps`)."""
+    (default `<workdir>/attention_maps`). A failure leaves no new folder behind."""
     from attn_jax.tasks import get_task
     from attn_jax.train.restore import load_params
+
+    _pyplot()  # before the slow part: a missing matplotlib fails in a second
 
     config, params = load_params(workdir, step)
     if config.task != "seq2seq":
@@ -157,21 +166,28 @@ def attention_maps(workdir: str, text: str, out: str | None = None, step: int | 
     logits, weights = jax.jit(capture_attention, static_argnums=0)(model, params, inputs, targets)
 
     out = out or os.path.join(workdir, "attention_maps")
-    os.makedirs(out, exist_ok=True)
     src_labels = token_labels(tokenizer, src)
     tgt_labels = token_labels(tokenizer, out_ids[:length])
     dec_inputs = token_labels(tokenizer, [BOS_ID] + out_ids[:length - 1])
     translation = tokenizer.decode(out_ids[:length])
     paths = []
-    for name, w in sorted(weights.items()):
-        stack, layer, kind = name.split("/")
-        rows, cols = {("encoder", "self_attention"): (src_labels, src_labels),
-                      ("decoder", "self_attention"): (tgt_labels, dec_inputs),
-                      ("decoder", "cross_attention"): (tgt_labels, src_labels)}[stack, kind]
-        path = os.path.join(out, f"{stack}_{layer.replace('_', '')}_{kind}.png")
-        plot_heads(np.asarray(w[0]), rows, cols,
-                   f"{stack} {layer} {kind.replace('_', '-')}: {text!r} -> {translation!r}", path)
-        paths.append(path)
+    made = not os.path.exists(out)
+    os.makedirs(out, exist_ok=True)
+    try:
+        for name, w in sorted(weights.items()):
+            stack, layer, kind = name.split("/")
+            rows, cols = {("encoder", "self_attention"): (src_labels, src_labels),
+                          ("decoder", "self_attention"): (tgt_labels, dec_inputs),
+                          ("decoder", "cross_attention"): (tgt_labels, src_labels)}[stack, kind]
+            path = os.path.join(out, f"{stack}_{layer.replace('_', '')}_{kind}.png")
+            plot_heads(np.asarray(w[0]), rows, cols,
+                       f"{stack} {layer} {kind.replace('_', '-')}: {text!r} -> {translation!r}",
+                       path)
+            paths.append(path)
+    except BaseException:
+        if made:  # a folder this call created holds nothing useful: remove it
+            shutil.rmtree(out, ignore_errors=True)
+        raise
     return AttentionMaps(translation, src, out_ids[:length], np.asarray(logits),
                          {k: np.asarray(v) for k, v in weights.items()}, paths)
 

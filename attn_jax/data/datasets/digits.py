@@ -8,8 +8,8 @@ import os
 import numpy as np
 import tensorflow_datasets as tfds
 
-from attn_jax.data.datasets.image_records import (channel_stats, chunks, image_features,
-                                                  indexed_examples)
+from attn_jax.data.datasets.image_records import (OfflineBuilder, channel_stats, chunks,
+                                                  image_features, indexed_examples)
 
 
 def digits_test_mask(labels: np.ndarray) -> np.ndarray:
@@ -21,7 +21,7 @@ def digits_test_mask(labels: np.ndarray) -> np.ndarray:
     return mask
 
 
-class DigitsSklearn(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class DigitsSklearn(OfflineBuilder, skip_registration=True):
     """scikit-learn digits (8x8x1, values 0..16, 10 classes): 1442 train / 355 test, stratified."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -49,11 +49,11 @@ class DigitsSklearn(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         labels = digits.target.astype(np.int64)
         test = digits_test_mask(labels)
         self.info.metadata.update(channel_stats(chunks(images[~test])))
-        return {"train": self._generate_examples(images[~test], labels[~test]),
-                "test": self._generate_examples(images[test], labels[test])}
+        return {"train": self._generate_examples(images[~test], labels[~test], "train"),
+                "test": self._generate_examples(images[test], labels[test], "test")}
 
-    def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
-        return indexed_examples(images, labels)
+    def _generate_examples(self, images: np.ndarray, labels: np.ndarray, split: str):
+        return indexed_examples(images, labels, f"building {self.name} {split}")
 
 
 

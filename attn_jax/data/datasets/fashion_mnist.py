@@ -15,8 +15,8 @@ import zlib
 import numpy as np
 import tensorflow_datasets as tfds
 
-from attn_jax.data.datasets.image_records import (channel_stats, chunks, image_features,
-                                                  indexed_examples)
+from attn_jax.data.datasets.image_records import (OfflineBuilder, channel_stats, chunks,
+                                                  image_features, indexed_examples)
 
 FASHION_MNIST_DIR_ENV = "FASHION_MNIST_DIR"
 DEFAULT_FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
@@ -24,7 +24,7 @@ FASHION_MNIST_HINT = (
     "install the Debian package (`apt-get install dataset-fashion-mnist`, files under "
     f"{DEFAULT_FASHION_MNIST_DIR}) or download the four *-ubyte.gz files from "
     "https://github.com/zalandoresearch/fashion-mnist and pass their directory as source_dir "
-    f"or in ${FASHION_MNIST_DIR_ENV}"
+    f"(train.py: --config.data.source_dir=DIR) or in ${FASHION_MNIST_DIR_ENV}"
 )
 FASHION_MNIST_CLASSES = ("t-shirt_top", "trouser", "pullover", "dress", "coat", "sandal", "shirt",
                          "sneaker", "bag", "ankle_boot")
@@ -84,7 +84,7 @@ def read_fashion_mnist(source_dir: str | os.PathLike, split: str) -> tuple[np.nd
     return images[..., None], labels
 
 
-class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+class FashionMnistIdx(OfflineBuilder, skip_registration=True):
     """Fashion-MNIST (60000 train / 10000 test, 28x28x1 uint8, 10 classes) from IDX files."""
 
     VERSION = tfds.core.Version("1.0.0")
@@ -108,8 +108,8 @@ class FashionMnistIdx(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         del dl_manager  # offline: everything comes from source_dir
         splits = {split: read_fashion_mnist(self.source_dir, split) for split in _FASHION_MNIST_FILES}
         self.info.metadata.update(channel_stats(chunks(splits["train"][0])))
-        return {split: self._generate_examples(*arrays) for split, arrays in splits.items()}
+        return {split: self._generate_examples(*arrays, split) for split, arrays in splits.items()}
 
-    def _generate_examples(self, images: np.ndarray, labels: np.ndarray):
-        return indexed_examples(images, labels)
+    def _generate_examples(self, images: np.ndarray, labels: np.ndarray, split: str):
+        return indexed_examples(images, labels, f"building {self.name} {split}")
 

@@ -8,10 +8,13 @@ per-channel mean/std of the train split are measured at build time and stored in
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 
 import numpy as np
 import tensorflow_datasets as tfds
+
+from attn_jax.progress import Progress
 
 
 def channel_stats(batches: Iterable[np.ndarray]) -> dict[str, list[float]]:
@@ -40,8 +43,26 @@ def image_features(shape: tuple[int, int, int],
     })
 
 
-def indexed_examples(images: np.ndarray, labels: np.ndarray) -> Iterator[tuple[int, dict]]:
-    """(i, {'image': images[i], 'label': int(labels[i])}): keys are file positions."""
-    for i, (image, label) in enumerate(zip(images, labels)):
-        yield i, {"image": image, "label": int(label)}
+def indexed_examples(images: np.ndarray, labels: np.ndarray, desc: str = "building"
+                     ) -> Iterator[tuple[int, dict]]:
+    """(i, {'image': images[i], 'label': int(labels[i])}): keys are file positions. Progress
+    (`desc`) counts the examples written."""
+    with Progress(desc, len(images), unit="examples") as p:
+        for i, (image, label) in enumerate(zip(images, labels)):
+            yield i, {"image": image, "label": int(label)}
+            p.update()
+
+
+class OfflineBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
+    """What the offline builders share: one line when a build starts and one when it ends, in
+    place of tfds' "Downloading and preparing dataset Unknown size ..." (nothing is downloaded)."""
+
+    def _log_download_bytes(self) -> None:  # tfds calls it right before generating
+        self._build_started = time.perf_counter()
+        print(f"building dataset {self.name} {self.version} into {self.data_dir} (once)",
+              flush=True)
+
+    def _log_download_done(self) -> None:
+        took = time.perf_counter() - getattr(self, "_build_started", time.perf_counter())
+        print(f"built dataset {self.name} in {took:.1f} s", flush=True)
 
