@@ -6,6 +6,8 @@ Plain jitted code still runs on device 0; only tests that build a mesh use the o
 
 import os
 
+import pytest
+
 os.environ["XLA_FLAGS"] = (
     os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
 ).strip()
@@ -20,6 +22,12 @@ if "JAX_COMPILATION_CACHE_DIR" not in os.environ:
 
     os.environ["JAX_COMPILATION_CACHE_DIR"] = tempfile.mkdtemp(prefix="attn_jax_test_jit_")
     os.environ["ATTN_JAX_TEST_OWNS_JIT_CACHE"] = str(os.getpid())
+
+
+@pytest.fixture(scope="session")
+def jax_cache() -> str:
+    """The run's persistent compilation cache (above), for tests that pass it on explicitly."""
+    return os.environ["JAX_COMPILATION_CACHE_DIR"]
 
 
 def pytest_unconfigure(config):

@@ -23,7 +23,6 @@ import time
 import jax
 import ml_collections
 import pytest
-from jax.experimental.compilation_cache import compilation_cache
 
 from attn_jax.train import safety
 from attn_jax.train.config import fill_declared_keys, keys_reference
@@ -39,22 +38,6 @@ KEYS_BEGIN, KEYS_END = "<!-- config-keys: begin -->", "<!-- config-keys: end -->
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
     return str(tmp_path_factory.mktemp("tfds"))
-
-
-@pytest.fixture(scope="module")
-def jax_cache(tmp_path_factory):
-    """A persistent compilation cache for this module's runs, in-process and subprocess."""
-    path = str(tmp_path_factory.mktemp("jax_cache"))
-    names = ("jax_compilation_cache_dir", "jax_persistent_cache_min_compile_time_secs",
-             "jax_persistent_cache_min_entry_size_bytes")
-    before = {n: getattr(jax.config, n) for n in names}
-    for name, value in zip(names, (path, 0.0, 0)):
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
-    yield path
-    for name, value in before.items():
-        jax.config.update(name, value)
-    compilation_cache.reset_cache()
 
 
 def tiny(data_dir, **changes) -> ml_collections.ConfigDict:

@@ -179,7 +179,7 @@ def _env(data_dir, jax_cache, rhythm="0"):
     return {**os.environ, "JAX_PLATFORMS": "cpu",
             "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
             "ATTN_JAX_TINY_DATA_DIR": data_dir, progress.SECONDS_ENV: rhythm,
-            "JAX_COMPILATION_CACHE_DIR": jax_cache,
+            "JAX_COMPILATION_CACHE_DIR": jax_cache,  # the run's (tests/conftest.py)
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
 
@@ -214,7 +214,7 @@ def outputs(tmp_path_factory):
     stdout and stderr of each, with the progress rhythm at 0 s (a line at every update), off a
     terminal."""
     root = tmp_path_factory.mktemp("progress")
-    env = _env(str(root / "tfds"), str(root / "jax_cache"))
+    env = _env(str(root / "tfds"), os.environ["JAX_COMPILATION_CACHE_DIR"])
     classifier = str(root / "classifier")
     runs = {"classifier": _run(["train.py", "--config", "tests/tiny_configs.py:classifier",
                                 "--workdir", classifier], env)}
@@ -222,12 +222,12 @@ def outputs(tmp_path_factory):
     config.write_text(DIFFUSION_CONFIG.format(tests=TESTS, classifier=classifier))
     diffusion = str(root / "diffusion")
     runs["diffusion"] = _run(["train.py", "--config", str(config), "--workdir", diffusion,
-                              "--config.log_every_steps=100"], env)
+                              "--config.log_every_steps=4"], env)
     runs["sample"] = _run(["sample.py", "--workdir", diffusion, "--num", "300", "--batch-size",
                            "150", "--bpd", "--bpd-examples", "3", "--fid",
                            "--classifier-workdir", classifier, "--out", str(root / "out")], env)
     runs["seq2seq"] = _run(["train.py", "--config", "tests/tiny_configs.py:seq2seq",
-                            "--workdir", str(root / "seq2seq"), "--config.log_every_steps=100"],
+                            "--workdir", str(root / "seq2seq"), "--config.log_every_steps=4"],
                            env)
     return root, runs
 

@@ -6,17 +6,15 @@ run of the same config finds them here instead. JAX keys each entry on the progr
 devices and the jax/XLA versions, so a changed model or mesh simply compiles anew.
 
 Where: `--jit_cache_dir`, else `$JAX_COMPILATION_CACHE_DIR`, else `$XDG_CACHE_HOME/attn_jax/jit`
-(`~/.cache/attn_jax/jit`). `--nojit_cache` turns it off. Only programs that took at least
-`MIN_COMPILE_SECS` to compile are written, so the cache holds the expensive ones. The directory
+(`~/.cache/attn_jax/jit`). `--nojit_cache` turns it off. Only programs that took at least JAX's
+`jax_persistent_cache_min_compile_time_secs` (1 s) to compile are written, so the cache holds
+the expensive ones. The directory
 is trusted code (JAX's warning): keep it private to the user, as the default is.
 """
 
 from __future__ import annotations
 
 import os
-
-MIN_COMPILE_SECS = 1.0
-
 
 def default_dir() -> str:
     env = os.environ.get("JAX_COMPILATION_CACHE_DIR")
@@ -38,5 +36,4 @@ def configure(enabled: bool = True, path: str | None = None) -> str | None:
     os.makedirs(path, mode=0o700, exist_ok=True)
     jax.config.update("jax_enable_compilation_cache", True)
     jax.config.update("jax_compilation_cache_dir", path)
-    jax.config.update("jax_persistent_cache_min_compile_time_secs", MIN_COMPILE_SECS)
     return path
