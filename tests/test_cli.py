@@ -228,6 +228,21 @@ def test_dry_run_prints_the_config_and_touches_nothing(copy_of, data_dir, jax_ca
     assert not os.path.exists(fresh)
 
 
+def test_the_dates_config_takes_total_steps_alone(jax_cache, tmp_path):
+    """The issue's case: `--config.total_steps=150` on configs/transformer_dates.py (warmup 400,
+    log every 200) passes every check with the one override, and says what it fitted."""
+    workdir = tmp_path / "dates"
+    result = train_py(workdir, "", jax_cache, "--dry_run", "--config.total_steps=150",
+                      config="configs/transformer_dates.py")
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+    lines = result.stdout.strip().splitlines()
+    assert lines[-2].startswith("fitted to the 150-step run: optim.warmup_steps 400 -> 15, "
+                                "log_every_steps 200 -> 15"), lines[-2]
+    assert re.fullmatch(r"seq2seq: [\d,]+ parameters, .*150 steps; workdir .* would start from "
+                        r"scratch", lines[-1]), lines[-1]
+    assert not os.path.exists(workdir)
+
+
 # ------------------------------------------------------------------ in-process: the policies
 def test_every_declared_key_exists_and_the_readme_lists_them_all():
     config = tiny_config("seq2seq")

@@ -29,11 +29,14 @@ def _entries(path) -> set[str]:
 
 def test_the_cache_is_written_reused_and_can_be_turned_off(tmp_path):
     data_dir, cache = str(tmp_path / "tfds"), tmp_path / "jit"
-    _train_py(tmp_path / "a", data_dir, f"--jit_cache_dir={cache}")
+    # Every program is written (threshold 0): with JAX's 1 s threshold, a program that compiled
+    # in 0.9 s in one run and 1.1 s in the next (a loaded machine) would be written by the second.
+    every = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"}
+    _train_py(tmp_path / "a", data_dir, f"--jit_cache_dir={cache}", env=every)
     first = _entries(cache)
     assert first, "the first run wrote no compiled program into --jit_cache_dir"
     # Same programs in a new workdir: every one is found, none is written again.
-    _train_py(tmp_path / "b", data_dir, f"--jit_cache_dir={cache}")
+    _train_py(tmp_path / "b", data_dir, f"--jit_cache_dir={cache}", env=every)
     assert _entries(cache) == first
     # Off: neither the flag's directory nor the environment's is touched.
     off = tmp_path / "off"
