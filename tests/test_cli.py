@@ -28,7 +28,7 @@ from attn_jax.train import safety
 from attn_jax.train.config import fill_declared_keys, keys_reference
 from attn_jax.train.loop import fit_to_length, plan_run, train_and_evaluate
 from attn_jax.train.restore import checkpoint_steps, load_config
-from tiny_configs import tiny_config
+from tiny_configs import set_keys, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -42,14 +42,7 @@ def data_dir(tmp_path_factory):
 
 def tiny(data_dir, **changes) -> ml_collections.ConfigDict:
     config = tiny_config("process", data_dir)
-    with config.unlocked():
-        for key, value in changes.items():
-            *parents, leaf = key.split(".")
-            node = config
-            for p in parents:
-                node = node[p]
-            node[leaf] = value
-    return config
+    return set_keys(config, changes)
 
 
 def hashes(path) -> dict[str, str]:

@@ -31,7 +31,7 @@ import pytest
 from attn_jax.train import safety
 from attn_jax.train.loop import train_and_evaluate
 from attn_jax.train.restore import checkpoint_steps, load_params
-from tiny_configs import tiny_config
+from tiny_configs import set_keys, tiny_config
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LONG = ("--config.total_steps=150", "--config.checkpoint.every_steps=100")
@@ -47,13 +47,7 @@ def tiny(data_dir, **changes):
     config = tiny_config("process")
     config.data.data_dir = data_dir
     config.checkpoint.max_to_keep = 4
-    for key, value in changes.items():
-        *parents, leaf = key.split(".")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
-    return config
+    return set_keys(config, changes)
 
 
 def run(config, workdir):

@@ -146,6 +146,18 @@ KINDS = {"classification": classification, "process": process, "classifier": cla
 TASK_KINDS = ("classification", "diffusion", "seq2seq", "lm")  # one per registered task
 
 
+def set_keys(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:
+    """`config` with each dotted key of `changes` ('checkpoint.max_to_keep': 4) set."""
+    with config.unlocked():
+        for key, value in changes.items():
+            *parents, leaf = key.split(".")
+            node = config
+            for p in parents:
+                node = node[p]
+            node[leaf] = value
+    return config
+
+
 def tiny_config(kind: str, data_dir: str = "") -> ml_collections.ConfigDict:
     if kind not in KINDS:
         raise ValueError(f"tiny config {kind!r} is unknown; choose one of {sorted(KINDS)}")
