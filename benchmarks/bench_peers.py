@@ -308,7 +308,7 @@ def torch_runner(shape: ViTShape | LMShape, batch: dict, compile: bool) -> Runne
             loss.backward()
             tnn.utils.clip_grad_norm_(model.parameters(), CLIP)
             opt.step()
-        return float(loss)
+        return loss.item()
 
     return Runner("torch.compile" if compile else "torch eager", n_params, run)
 
@@ -396,10 +396,10 @@ def table_rows(workload: str, n_params: int, best: dict[str, float], flops: floa
     for name, sec in best.items():
         ratios = [f"{best[p] / sec:.2f}" if p in best else "n/a" for p in peers]
         gflops = flops / sec / 1e9
-        fractions = [f"{100 * gflops / rates[k]:.1f}%" if k in rates else "n/a"
+        fractions = [f"{100 * gflops / rates[k]:.3g}%" if k in rates else "n/a"
                      for k in ("xla", "torch")]
         rows.append(f"| {workload} | {name} | {n_params:,} | {sec * 1e3:.1f} | "
-                    + " | ".join(ratios) + f" | {gflops:.1f} | " + " | ".join(fractions) + " |")
+                    + " | ".join(ratios) + f" | {gflops:.3g} | " + " | ".join(fractions) + " |")
     return rows
 
 
