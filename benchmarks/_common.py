@@ -55,16 +55,24 @@ def timed_call(fn, *args, repeats: int) -> tuple[float, float]:
     return compile_s, best
 
 
+def trainer_step(task: Any, params: Any, optim: Any, data: Any) -> tuple[Any, TrainState, float]:
+    """(compiled step, initial state, XLA FLOPs of one step) of the trainer's own train step
+    (`make_train_step`: forward, backward, the config's optax update; the state donated) with
+    `task.loss` on batches shaped like `data`, starting from `params`."""
+    tx, schedule = make_optimizer(optim, 10_000_000)  # any horizon past warmup
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                       ema_params=None, rng=jax.random.PRNGKey(3))
+    step = jax.jit(make_train_step(task, tx, schedule, 1, 0.0), donate_argnums=0)
+    compiled = step.lower(state, data).compile()
+    return compiled, state, compiled_flops(compiled)
+
+
 def time_train_step(task: Any, params: Any, optim: Any, data: Any, iters: int,
                     warmup: int = 2) -> tuple[float, float, Any]:
     """(median seconds, XLA FLOPs, final params) of one step of the trainer's own jitted train
     step (`make_train_step`: forward, backward, the config's optax update; state donated) with
     `task.loss` on the fixed batch `data`, starting from `params` (consumed by the donation)."""
-    tx, schedule = make_optimizer(optim, 10_000_000)  # any horizon past warmup
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                       ema_params=None, rng=jax.random.PRNGKey(3))
-    step = jax.jit(make_train_step(task, tx, schedule, 1, 0.0), donate_argnums=0)
-    flops = compiled_flops(step.lower(state, data).compile())
+    step, state, flops = trainer_step(task, params, optim, data)
     for _ in range(warmup):
         state, _ = step(state, data)
     jax.block_until_ready(state)

@@ -13,6 +13,9 @@ attention counts half.
     python benchmarks/bench_attention.py                       # per-backend defaults
     python benchmarks/bench_attention.py --lengths 512,2048 --dtype bfloat16 --causal
 
+MFU is the achieved TFLOP/s over the device's peak (`_common.PEAKS`, or --peak-tflops); n/a where
+neither knows it (a CPU).
+
 Defaults: on an accelerator batch 8, heads 8, head_dim 64, lengths 128/512/1024, bfloat16;
 on CPU batch 2, heads 4, head_dim 32, lengths 64/128/256, float32 (well under 2 minutes).
 """
@@ -28,9 +31,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from attn_jax.attention import IMPLEMENTATIONS, dot_product_attention
+from _common import mfu
 
 
-def parse_args() -> argparse.Namespace:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--batch", type=int, default=None)
     parser.add_argument("--heads", type=int, default=None)
@@ -42,7 +46,13 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--impls", type=str, default=",".join(IMPLEMENTATIONS))
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--iters", type=int, default=None)
-    args = parser.parse_args()
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak for the MFU column (default: _common.PEAKS)")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    args = build_parser().parse_args(argv)
     on_cpu = jax.default_backend() == "cpu"
     defaults = dict(batch=2, heads=4, head_dim=32, lengths="64,128,256", dtype="float32", iters=10)
     if not on_cpu:
@@ -110,13 +120,15 @@ def main() -> None:
             shape = f"[{args.batch}, {length}, {args.heads}, {args.head_dim}]"
             if args.kv_heads != args.heads:
                 shape += f" kv_heads={args.kv_heads}"
-            rows.append((device, shape, args.dtype, impl, f"{ms:.3f}", f"{flops / ms / 1e9:.3f}"))
+            tflops = flops / ms / 1e9
+            rows.append((device, shape, args.dtype, impl, f"{ms:.3f}", f"{tflops:.3f}",
+                         mfu(tflops, args.dtype, args.peak_tflops)))
 
     causal = ", causal" if args.causal else ""
     print(f"\njitted grad of sum(attention) w.r.t. q, k, v{causal}; median of {args.iters} runs "
           f"after {args.warmup} warmup; jax {jax.__version__}\n")
-    print("| device | shape [B, T, N, H] | dtype | implementation | ms fwd+bwd | TFLOP/s |")
-    print("|---|---|---|---|---:|---:|")
+    print("| device | shape [B, T, N, H] | dtype | implementation | ms fwd+bwd | TFLOP/s | MFU |")
+    print("|---|---|---|---|---:|---:|---:|")
     for row in rows:
         print("| " + " | ".join(row) + " |")
     for note in sorted(notes):

@@ -81,6 +81,9 @@ def bench(name: str, args: argparse.Namespace) -> str:
     fields, vocab, seq_len, batch, dtype, optim = _setup(name, args)
     if vocab is not None:
         fields["vocab_size"] = vocab
+    dropout = getattr(args, "dropout", None)
+    if dropout is not None:
+        fields.update(dropout_rate=dropout, attention_dropout_rate=dropout)
     max_len = transformer_config(**fields).max_len
     if seq_len > max_len:
         raise SystemExit(f"{name}: --seq-len {seq_len} exceeds the model's max_len {max_len}")
@@ -115,7 +118,7 @@ def bench(name: str, args: argparse.Namespace) -> str:
             f"| {decode_sec * 1e3 / decode_len:.2f} |")
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="lm_stdlib",
                         help=f"config files with task 'lm', or presets {sorted(PRESETS)}")
@@ -124,11 +127,20 @@ def main():
                         help="default: the config's data.seq_len (1024 for a preset)")
     parser.add_argument("--dtype", default=None, help="default: the config's (float32)")
     parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--dropout", type=float, default=None,
+                        help="dropout and attention dropout of the model (default: the config's or "
+                             "preset's; GPT-2's attention dropout 0.1 takes the reference attention "
+                             "path, 0 the fused kernel)")
     parser.add_argument("--decode-batch", type=int, default=8)
     parser.add_argument("--decode-len", type=int, default=128)
     parser.add_argument("--decode-repeats", type=int, default=3)
     parser.add_argument("--peak-tflops", type=float, default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {time.strftime('%Y-%m-%d')}")
     print(header(["config", "device", "params", "batch x seq", "dtype", "ms/step",
                   "train tokens/s", "model MFLOP/token", "XLA MFLOP/token", "model TFLOP/s",

@@ -8,7 +8,9 @@ dropout on) + grad + optax.adam update, parameters donated. Sampling: `ddpm_samp
 steps and `ddim_sample` with 50 steps, each one jitted `lax.scan`. `--steps-scale` runs a
 shortened chain (T' = scale * 1000 DDPM steps, scale * 50 DDIM steps): a step costs the same
 whatever T is, so the table also gives images/s extrapolated to the full step counts. Compile
-time is excluded from every rate and printed separately.
+time is excluded from every rate and printed separately. Train TFLOP/s counts XLA's cost
+analysis of the compiled step; MFU is that over the device's peak (`_common.PEAKS`, or
+--peak-tflops; n/a where neither knows it).
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import optax
 
 from attn_jax.diffusion import GaussianDiffusion, ddim_sample, ddpm_sample
 from attn_jax.models.unet import UNet
-from _common import timed_call
+from _common import compiled_flops, mfu, timed_call
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,6 +44,13 @@ CONFIGS = {
         "fmnist-small", (28, 28, 1),
         dict(ch=32, ch_mult=(1, 2, 2), num_res_blocks=1, attn_resolutions=(14,), dropout=0.1),
         train_batch=32, sample_batch=32,
+    ),
+    # The smallest U-Net with every part (attention included): gpu_suite.sh --cpu-run.
+    "tiny": BenchConfig(
+        "tiny", (8, 8, 1),
+        dict(ch=8, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), dropout=0.1,
+             num_groups=4),
+        train_batch=2, sample_batch=2,
     ),
     # Ho et al. 2020's CIFAR-10 model (35.7M parameters); the paper trains at batch 128.
     "cifar10": BenchConfig(
@@ -87,13 +96,16 @@ def bench(cfg: BenchConfig, args: argparse.Namespace) -> dict:
     start = time.perf_counter()
     compiled = step.lower(params, opt_state, batch, rng).compile()
     train_compile = time.perf_counter() - start
+    train_flops = compiled_flops(compiled)  # XLA's count of one step
     params, opt_state, loss = compiled(params, opt_state, batch, rng)  # warm-up
     jax.block_until_ready(loss)
     start = time.perf_counter()
     for i in range(args.train_steps):
         params, opt_state, loss = compiled(params, opt_state, batch, jax.random.fold_in(rng, i))
     jax.block_until_ready(loss)
-    train_ips = train_batch * args.train_steps / (time.perf_counter() - start)
+    train_sec = time.perf_counter() - start
+    train_ips = train_batch * args.train_steps / train_sec
+    train_tflops = train_flops * args.train_steps / train_sec / 1e12
 
     ddpm_steps = max(1, round(1000 * args.steps_scale))
     ddim_steps = max(1, round(50 * args.steps_scale))
@@ -112,6 +124,8 @@ def bench(cfg: BenchConfig, args: argparse.Namespace) -> dict:
         "train_batch": train_batch,
         "train_ips": train_ips,
         "train_compile": train_compile,
+        "train_tflops": train_tflops,
+        "train_mfu": mfu(train_tflops, args.dtype, args.peak_tflops),
         "sample_batch": sample_batch,
         "ddpm_steps": short.num_timesteps,
         "ddpm_ips": sample_batch / ddpm_s,
@@ -123,7 +137,7 @@ def bench(cfg: BenchConfig, args: argparse.Namespace) -> dict:
     }
 
 
-def main() -> None:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default=None,
                         help=f"comma-separated subset of {sorted(CONFIGS)}; default: "
@@ -136,7 +150,14 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2, help="timed sampling calls (best of)")
     parser.add_argument("--dtype", choices=("float32", "bfloat16"), default="float32",
                         help="compute dtype (parameters stay float32)")
-    args = parser.parse_args()
+    parser.add_argument("--peak-tflops", type=float, default=None,
+                        help="device peak for the train MFU column (default: _common.PEAKS)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     if not 0 < args.steps_scale <= 1:
         parser.error(f"--steps-scale must lie in (0, 1], got {args.steps_scale}")
     on_cpu = jax.default_backend() == "cpu"
@@ -151,14 +172,16 @@ def main() -> None:
           f"jax {jax.__version__}, compute dtype {args.dtype}, {args.train_steps} timed train "
           f"steps, steps-scale {args.steps_scale}")
     rows = [bench(CONFIGS[n], args) for n in names]
-    header = ("| config | params | train batch | train img/s | sample batch | DDPM steps run "
+    header = ("| config | params | train batch | train img/s | train TFLOP/s | train MFU "
+              "| sample batch | DDPM steps run "
               "| DDPM img/s (run) | DDPM img/s @1000 | DDIM steps run | DDIM img/s (run) "
               "| DDIM img/s @50 | compile s (train / sample) |")
     print(header)
     print("|" + "---|" * header.count(" | ") + "---|")
     for r in rows:
         print(f"| {r['config']} | {r['params'] / 1e6:.2f}M | {r['train_batch']} "
-              f"| {r['train_ips']:.1f} | {r['sample_batch']} | {r['ddpm_steps']} "
+              f"| {r['train_ips']:.1f} | {r['train_tflops']:.3f} | {r['train_mfu']} "
+              f"| {r['sample_batch']} | {r['ddpm_steps']} "
               f"| {r['ddpm_ips']:.2f} | {r['ddpm_ips_full']:.3f} | {r['ddim_steps']} "
               f"| {r['ddim_ips']:.2f} | {r['ddim_ips_full']:.2f} "
               f"| {r['train_compile']:.1f} / {r['sample_compile']:.1f} |")

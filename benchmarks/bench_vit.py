@@ -62,14 +62,19 @@ def bench(name: str, batch: int | None, dtype: str | None, iters: int, peak: flo
             f"| {mfu_text} |")
 
 
-def main():
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--configs", default="default,vit_fashion_mnist")
     parser.add_argument("--batch", type=int, default=None, help="default: the config's")
     parser.add_argument("--dtype", default=None, help="default: the config's")
     parser.add_argument("--iters", type=int, default=10)
     parser.add_argument("--peak-tflops", type=float, default=None)
-    args = parser.parse_args()
+    return parser
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = build_parser()
+    args = parser.parse_args(argv)
     print(f"jax {jax.__version__}, backend {jax.default_backend()}, {time.strftime('%Y-%m-%d')}")
     print(header(["config", "device", "params", "batch", "image", "dtype", "ms/step", "images/s",
                   "GFLOP/image (fwd+bwd)", "TFLOP/s", "MFU"]))

@@ -3,6 +3,9 @@ benchmarks/ and BENCHMARKS.md)."""
 
 import argparse
 import importlib
+import importlib.util
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -62,3 +65,83 @@ def test_drill_kill9_resumes_bit_identically(tmp_path, capsys):
                          f"--config.data.data_dir={tmp_path / 'tfds'}"])
     out = capsys.readouterr().out
     assert status == 0 and "1 of 1 drills resumed bit-identical" in out, out
+
+
+def _table(out: str) -> list[list[str]]:
+    """The data rows of the markdown table in `out`, as lists of stripped cells."""
+    rows = [line for line in out.splitlines() if line.startswith("| ")]
+    return [[c.strip() for c in row.strip("|").split("|")] for row in rows[1:]]
+
+
+def test_bench_peers_quick_table():
+    """bench_peers.py --quick: a row per workload and available implementation (torch only where
+    installed), equal parameter counts, positive times, ratios, rates and matmul fractions."""
+    impls = ["attn_jax", "flax.linen"]
+    if importlib.util.find_spec("torch") is not None:
+        impls.append("torch eager")
+    # XLA's backend optimisations off: a third less compile time, and nothing here is a timing.
+    flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / "bench_peers.py"), "--quick"],
+                          capture_output=True, text=True, timeout=120, env=env)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    assert head[:4] == ["workload", "implementation", "params", "ms/step"], head
+    assert head[4:4 + len(impls)] == [f"vs {i}" for i in impls], head
+    rows = _table(proc.stdout)
+    assert [(r[0], r[1]) for r in rows] == [(w, i) for w in ("vit", "lm") for i in impls], rows
+    for row in rows:
+        cells = dict(zip(head, row))
+        assert float(cells["ms/step"]) > 0 and float(cells["GFLOP/s"]) > 0, row
+        assert float(cells[f"vs {row[1]}"]) == 1.0, row
+        assert all(float(cells[f"vs {i}"]) > 0 for i in impls), row
+        assert float(cells["% of XLA matmul"].rstrip("%")) >= 0, row
+        if "torch eager" in impls:
+            assert cells["% of torch matmul"].endswith("%"), row
+    for workload in ("vit", "lm"):
+        assert len({r[2] for r in rows if r[0] == workload}) == 1, rows  # equal parameter counts
+
+
+def test_gpu_suite_dry_run():
+    """benchmarks/gpu_suite.sh --dry-run prints every command of the GPU suite and checks each
+    against its script's own argparse parser and known configs, running none of them."""
+    proc = subprocess.run(["bash", str(BENCH_DIR / "gpu_suite.sh"), "--dry-run"],
+                          capture_output=True, text=True, timeout=120, cwd=BENCH_DIR.parent)
+    out = proc.stdout
+    assert proc.returncode == 0 and "every command checks out" in out, (
+        out[-3000:] + proc.stderr[-3000:])
+    checked = [line for line in out.splitlines() if line.startswith("ok: ")]
+    scripts = [line.split("benchmarks/")[1].split()[0] for line in checked]
+    assert scripts == ["bench_attention.py", "bench_attention.py", "bench_vit.py", "bench_lm.py",
+                       "bench_unet.py"], out
+    assert "--impls reference,xla,cudnn,pallas" in out and "--configs cifar10" in out
+    assert "--configs vit_b16_imagenet --batch 256 --dtype bfloat16" in out
+    assert "--configs gpt2_small --batch 16 --seq-len 1024 --dtype bfloat16 --dropout 0" in out
+
+
+def test_check_commands_rejects_bad_flags_and_names():
+    """What the dry run relies on: a misspelt flag, a bad value and an unknown config fail."""
+    lines = ["python benchmarks/bench_vit.py --configs default --batchh 2",
+             "python benchmarks/bench_unet.py --dtype float64",
+             "python benchmarks/bench_lm.py --configs vit_fashion_mnist",
+             "python benchmarks/bench_attention.py --impls xla,flash",
+             "python benchmarks/bench_unet.py --configs cifar10 --steps-scale 0.2"]
+    proc = subprocess.run([sys.executable, str(BENCH_DIR / "check_commands.py")],
+                          input="\n".join(lines), capture_output=True, text=True, timeout=60,
+                          cwd=BENCH_DIR.parent)
+    verdicts = [line.split(":")[0] for line in proc.stdout.splitlines()]
+    assert proc.returncode == 1 and verdicts == ["FAIL"] * 4 + ["ok"], proc.stdout + proc.stderr
+    assert "--batchh" in proc.stdout and "not an 'lm' config" in proc.stdout
+    assert "'flash'" in proc.stdout
+
+
+def test_gpu_suite_refuses_without_gpu():
+    """Without --dry-run on a machine with no nvidia-smi the suite stops at once, status 2."""
+    import shutil
+
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi")
+    proc = subprocess.run(["bash", str(BENCH_DIR / "gpu_suite.sh")], capture_output=True,
+                          text=True, timeout=30)
+    assert proc.returncode == 2 and "needs an NVIDIA GPU" in proc.stderr, proc.stderr
