@@ -1,4 +1,5 @@
-"""Test setup: 8 simulated CPU devices for the sharding tests.
+"""Test setup: 8 simulated CPU devices for the sharding tests, compiled without XLA's backend
+optimisations (tests/xla_env.py says why).
 
 XLA reads the flag once, when the backend starts, so it must be set before anything imports jax.
 Plain jitted code still runs on device 0; only tests that build a mesh use the others.
@@ -8,9 +9,9 @@ import os
 
 import pytest
 
-os.environ["XLA_FLAGS"] = (
-    os.environ.get("XLA_FLAGS", "") + " --xla_force_host_platform_device_count=8"
-).strip()
+from xla_env import xla_flags  # noqa: E402  (imports nothing: jax is not loaded yet)
+
+os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + xla_flags(8)).strip()
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 # One persistent compilation cache for the whole run, shared by the xdist workers and every

@@ -4,7 +4,6 @@ benchmarks/ and BENCHMARKS.md)."""
 import argparse
 import importlib
 import importlib.util
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -79,11 +78,9 @@ def test_bench_peers_quick_table():
     impls = ["attn_jax", "flax.linen"]
     if importlib.util.find_spec("torch") is not None:
         impls.append("torch eager")
-    # XLA's backend optimisations off: a third less compile time, and nothing here is a timing.
-    flags = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
-    env = {**os.environ, "XLA_FLAGS": f"{os.environ.get('XLA_FLAGS', '')} {flags}".strip()}
+    # The environment's XLA flags (tests/xla_env.py: no backend optimisations; not a timing).
     proc = subprocess.run([sys.executable, str(BENCH_DIR / "bench_peers.py"), "--quick"],
-                          capture_output=True, text=True, timeout=120, env=env)
+                          capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     lines = [line for line in proc.stdout.splitlines() if line.startswith("| ")]
     head = [c.strip() for c in lines[0].strip("|").split("|")]

@@ -29,6 +29,7 @@ from attn_jax.train.config import fill_declared_keys, keys_reference
 from attn_jax.train.loop import fit_to_length, plan_run, train_and_evaluate
 from attn_jax.train.restore import checkpoint_steps, load_config
 from tiny_configs import set_keys, tiny_config
+from xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 README = os.path.join(ROOT, "README.md")
@@ -60,7 +61,7 @@ def train_py(workdir, data_dir, jax_cache, *args, config="tests/tiny_configs.py:
         argv += [f"--config.data.data_dir={data_dir}", "--config.checkpoint.max_to_keep=4"]
     return subprocess.run(
         [*argv, *args], capture_output=True, text=True, timeout=300, cwd=ROOT,
-        env={**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+        env={**os.environ, "XLA_FLAGS": xla_flags(8),
              "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": jax_cache,
              "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
              "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0", **(env or {})})

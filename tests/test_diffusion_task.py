@@ -36,6 +36,7 @@ from tiny_configs import tiny_config
 from attn_jax.train.loop import train_and_evaluate
 from attn_jax.train.restore import load_params
 from attn_jax.viz.grid import image_grid, save_png, to_uint8
+from xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -261,7 +262,7 @@ def test_samples_evaluator_grid_is_the_ema_sample_grid(run, data_dir):
 
 def _sample_py(*args: str, devices: int = 1) -> subprocess.CompletedProcess:
     env = {**os.environ, "JAX_PLATFORMS": "cpu",
-           "XLA_FLAGS": f"--xla_force_host_platform_device_count={devices}"}
+           "XLA_FLAGS": xla_flags(devices)}
     return subprocess.run([sys.executable, os.path.join(ROOT, "sample.py"), *args], env=env,
                           capture_output=True, text=True, timeout=300)
 

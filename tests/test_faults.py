@@ -32,6 +32,7 @@ from attn_jax.train import safety
 from attn_jax.train.loop import train_and_evaluate
 from attn_jax.train.restore import checkpoint_steps, load_params
 from tiny_configs import set_keys, tiny_config
+from xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LONG = ("--config.total_steps=150", "--config.checkpoint.every_steps=100")
@@ -324,7 +325,7 @@ def test_a_finished_run_reports_its_final_metrics_again(data_dir, straight, tmp_
 
 # ------------------------------------------------------------------ train.py as a process
 def train_env(jax_cache):
-    return {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
+    return {**os.environ, "XLA_FLAGS": xla_flags(8),
             "JAX_PLATFORMS": "cpu", "JAX_COMPILATION_CACHE_DIR": jax_cache,
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
             "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
@@ -457,7 +458,7 @@ def test_two_processes_save_the_same_step_when_one_gets_sigterm(data_dir, jax_ca
     workdir, port = tmp_path / "run", _free_port()
     runs = [Run(workdir, data_dir, jax_cache, *LONG, f"--coordinator=127.0.0.1:{port}",
                 "--num_processes=2", f"--process_id={i}", name=f"p{i}",
-                env={"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}) for i in range(2)]
+                env={"XLA_FLAGS": xla_flags(1)}) for i in range(2)]
     runs[0].wait_for("step 10/")
     runs[1].proc.send_signal(signal.SIGTERM)
     assert [r.wait(240) for r in runs] == [75, 75], runs[1].stderr[-3000:]

@@ -8,6 +8,7 @@ import subprocess
 import sys
 
 from attn_jax.train import jit_cache
+from xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -17,7 +18,7 @@ def _train_py(workdir, data_dir, *flags, env=None):
             f"--config={os.path.join(ROOT, 'tests', 'tiny_configs.py')}:process",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *flags]
     result = subprocess.run(args, capture_output=True, text=True, timeout=300, env={
-        **os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+        **os.environ, "XLA_FLAGS": xla_flags(2),
         "JAX_PLATFORMS": "cpu", **(env or {})})
     assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
     return result

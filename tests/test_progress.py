@@ -19,6 +19,7 @@ import pytest
 
 from attn_jax import progress
 from attn_jax.eval.evaluators import bpd_batch_size
+from xla_env import xla_flags
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TESTS = os.path.join(ROOT, "tests")
@@ -177,7 +178,7 @@ def test_bpd_batches_never_exceed_the_examples_asked_for():
 # ------------------------------------------------------------------ every long phase, as processes
 def _env(data_dir, jax_cache, rhythm="0"):
     return {**os.environ, "JAX_PLATFORMS": "cpu",
-            "XLA_FLAGS": "--xla_force_host_platform_device_count=1",
+            "XLA_FLAGS": xla_flags(1),
             "ATTN_JAX_TINY_DATA_DIR": data_dir, progress.SECONDS_ENV: rhythm,
             "JAX_COMPILATION_CACHE_DIR": jax_cache,  # the run's (tests/conftest.py)
             "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",

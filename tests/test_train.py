@@ -29,6 +29,7 @@ def data_dir(tmp_path_factory):
 
 
 from tiny_configs import TASK_KINDS, tiny_config  # noqa: E402
+from xla_env import xla_flags
 
 TASK_CONFIGS = {kind: (lambda d, k=kind: tiny_config(k, d)) for kind in TASK_KINDS}
 
@@ -128,7 +129,7 @@ def _train_py(workdir, data_dir, *overrides, env=None, processes=None, check=Tru
     args = [sys.executable, os.path.join(ROOT, "train.py"),
             f"--config={os.path.join(ROOT, 'tests', 'tiny_configs.py')}",
             f"--workdir={workdir}", f"--config.data.data_dir={data_dir}", *overrides]
-    full_env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    full_env = {**os.environ, "XLA_FLAGS": xla_flags(2),
                 "JAX_PLATFORMS": "cpu", **(env or {})}
     return subprocess.run(args, env=full_env, capture_output=True, text=True, timeout=300,
                           check=False) if not check else _checked(args, full_env)
@@ -199,7 +200,7 @@ def test_two_processes_match_one_process(data_dir, tmp_path):
     _train_py(single, data_dir, "--config.debug.log_batches=True")
     multi = str(tmp_path / "multi")
     port = _free_port()
-    env = {"XLA_FLAGS": "--xla_force_host_platform_device_count=1"}
+    env = {"XLA_FLAGS": xla_flags(1)}
     procs = [subprocess.Popen(
         [sys.executable, os.path.join(ROOT, "train.py"),
          f"--config={os.path.join(ROOT, 'tests', 'tiny_configs.py')}", f"--workdir={multi}",
