@@ -193,6 +193,14 @@ def split_of(english: str, seed: int = 0, validation_fraction: float = 0.05,
     return "validation" if u < test_fraction + validation_fraction else "train"
 
 
+def check_fractions(validation_fraction: float, test_fraction: float) -> None:
+    """Both >= 0 and leaving a training split (sum < 1), else ValueError."""
+    if not (0 <= validation_fraction and 0 <= test_fraction
+            and validation_fraction + test_fraction < 1):
+        raise ValueError(f"validation_fraction={validation_fraction} and test_fraction="
+                         f"{test_fraction} must be >= 0 and leave a training split (sum < 1)")
+
+
 def _uniform(english: str, seed: int) -> float:
     digest = hashlib.sha256(f"{seed}/{english}".encode("utf-8")).digest()
     return int.from_bytes(digest[:8], "big") / 2.0**64
@@ -234,10 +242,7 @@ def load_gettext(language: str = "de", locale_dir: str = DEFAULT_LOCALE_DIR, *,
     and split (see the module doc). Logs `GettextData.summary()`."""
     if max_bytes < 1:
         raise ValueError(f"max_bytes must be >= 1, got {max_bytes}")
-    if not (0 <= validation_fraction and 0 <= test_fraction
-            and validation_fraction + test_fraction < 1):
-        raise ValueError(f"validation_fraction={validation_fraction} and test_fraction="
-                         f"{test_fraction} must be >= 0 and leave a training split (sum < 1)")
+    check_fractions(validation_fraction, test_fraction)
     locale_dir = locale_dir or DEFAULT_LOCALE_DIR
     paths = catalogue_paths(language, locale_dir, domains)
     dropped: collections.Counter = collections.Counter()
@@ -260,6 +265,11 @@ def load_gettext(language: str = "de", locale_dir: str = DEFAULT_LOCALE_DIR, *,
             else:
                 translations[kept[0]][kept[1]] += 1
                 accelerators += kept[0] != msgid
+    if not translations:
+        raise ValueError(f"no English -> {language!r} pair survives the filters in "
+                         f"{len(read)} catalogues of {os.path.join(locale_dir, language)} "
+                         f"(dropped: {dict(sorted(dropped.items()))}; unreadable: "
+                         f"{[os.path.basename(p) for p in unreadable]})")
     splits: dict[str, list[tuple[float, str, str]]] = {name: [] for name in SPLITS}
     for english, seen in translations.items():
         # the most frequent translation; ties: the smallest in sorted order
