@@ -2,7 +2,6 @@
 
 A thin module: every name is re-exported from its home.
   * `attn_jax.data.datasets.dates`: CLDR dates -> ISO 8601 (offline).
-  * `attn_jax.data.datasets.gettext`: the system's gettext catalogues, English -> X (offline).
   * `attn_jax.data.datasets.stdlib`: the Python standard library's source, split by file.
   * `attn_jax.data.datasets.tfds_text`: WMT14 En-De and lm1b through `tfds.data_source`.
   * `attn_jax.data.seq2seq`, `attn_jax.data.lm_windows`: their batches, token streams, windows.
@@ -16,7 +15,6 @@ Batches are dicts of NumPy arrays, `{'inputs': int32 [b, len_in], 'targets': int
 from attn_jax.data.batcher import Batch, batch_iterator, host_rows
 from attn_jax.data.datasets.dates import (DATE_FORMATS, DATE_LOCALES, DatePattern, date_pattern,
                                           date_patterns, date_splits, generate_dates, render_date)
-from attn_jax.data.datasets.gettext import GettextData, gettext_splits, load_gettext
 from attn_jax.data.datasets.stdlib import (STDLIB_EXCLUDED_DIRS, TextSplit, in_validation,
                                            stdlib_corpus)
 from attn_jax.data.datasets.tfds_text import (DatasetNotPreparedError, load_lm1b, load_wmt14,
@@ -28,11 +26,11 @@ from attn_jax.data.seq2seq import seq2seq_dataset
 from attn_jax.eval.text_metrics import bits_per_byte, bleu, dates_metrics, exact_match, lm_metrics
 
 __all__ = [
-    "Batch", "DATE_FORMATS", "DATE_LOCALES", "DatasetNotPreparedError", "DatePattern",
-    "GettextData", "STDLIB_EXCLUDED_DIRS", "TextSplit", "batch_iterator", "bits_per_byte", "bleu",
-    "date_pattern", "date_patterns", "date_splits", "dates_metrics", "eval_windows", "exact_match",
-    "generate_dates", "gettext_splits", "host_rows", "in_validation", "lm_eval_dataset",
-    "lm_metrics", "lm_target_bytes", "lm_train_dataset", "load_gettext", "load_lm1b", "load_wmt14",
-    "random_windows", "render_date", "sentence_lm_dataset", "seq2seq_dataset", "stdlib_corpus",
-    "tfds_source", "token_stream", "window_offsets",
+    "DATE_FORMATS", "DATE_LOCALES", "STDLIB_EXCLUDED_DIRS", "Batch", "DatasetNotPreparedError",
+    "DatePattern", "TextSplit", "batch_iterator", "bits_per_byte", "bleu", "date_pattern",
+    "date_patterns", "date_splits", "dates_metrics", "eval_windows", "exact_match",
+    "generate_dates", "host_rows", "in_validation", "lm_eval_dataset", "lm_metrics",
+    "lm_target_bytes", "lm_train_dataset", "load_lm1b", "load_wmt14", "random_windows",
+    "render_date", "sentence_lm_dataset", "seq2seq_dataset", "stdlib_corpus", "tfds_source",
+    "token_stream", "window_offsets",
 ]
