@@ -1,4 +1,4 @@
-"""Sequence-to-sequence batches of (source, target) string pairs: the dates or WMT14.
+"""Sequence-to-sequence batches of (source, target) string pairs: dates, gettext, WMT14.
 
     ds = seq2seq_dataset(pairs, tok, tok, global_batch_size=64, max_src_len=48, max_tgt_len=12)
     batch = ds[0]  # {'inputs': int32 [b, 48], 'targets': int32 [b, 12], 'mask': float32 [b]}

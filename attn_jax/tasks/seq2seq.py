@@ -5,6 +5,9 @@ the Transformer (Vaswani et al. 2017), a recurrent seq2seq, an image captioner.
   * 'dates' (offline): CLDR-written dates in ~30 locales -> ISO 8601 (`attn_jax.data.text`),
     generated from (train_size, validation_size, test_size, seed, locales, formats,
     start_year, end_year); held-out splits share no date with train.
+  * 'gettext' (offline, real): English UI strings -> their translation into `language` from the
+    system's gettext catalogues (`attn_jax.data.datasets.gettext`: locale_dir, language,
+    max_bytes, validation_fraction, test_fraction, domains; seed salts the hash split).
   * 'wmt14_de_en' (online): tfds `wmt14_translate/de-en` prepared as ArrayRecord in data_dir;
     source_lang / target_lang pick the direction (default en -> de, the paper's headline).
   * 'digits_words' (offline, an image source): the scikit-learn digits (8x8 grey, [0, 1]) ->
@@ -29,6 +32,7 @@ import jax.numpy as jnp
 
 from attn_jax import decoding
 from attn_jax.data import text
+from attn_jax.data.datasets import gettext
 from attn_jax.data.datasets.digits import digits_words
 from attn_jax.data.seq2seq import image_text_dataset
 from attn_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
@@ -37,7 +41,7 @@ from attn_jax.models.protocols import EncoderDecoderModel, check_implements
 from attn_jax.losses import cross_entropy_with_label_smoothing
 from attn_jax.tasks.sequence import SequenceTask, TokenizerConfig
 
-DATASETS = ("dates", "wmt14_de_en", "digits_words")
+DATASETS = ("dates", "gettext", "wmt14_de_en", "digits_words")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -57,6 +61,13 @@ class DataConfig(TokenizerConfig):
     formats: tuple[str, ...] = ()        # () = all of the CLDR formats
     start_year: int = 0                  # 0 = the generator's default range
     end_year: int = 0
+    # gettext (seed above salts its split)
+    language: str = "de"                 # <locale_dir>/<language>/LC_MESSAGES/*.mo
+    locale_dir: str = ""                 # "" = /usr/share/locale
+    max_bytes: int = 64                  # longest string kept, either side, in UTF-8 bytes
+    validation_fraction: float = 0.05
+    test_fraction: float = 0.05
+    domains: tuple[str, ...] = ()        # () = every catalogue, else e.g. ("coreutils", "git")
     # wmt14
     data_dir: str = ""
     source_lang: str = "en"
@@ -98,6 +109,21 @@ class Seq2SeqTask(SequenceTask):
             raise ValueError(f"model max_len={self.max_len} is shorter than the longest sequence "
                              f"{longest} (config.data.max_src_len / max_tgt_len)")
         self.check_splits(self.eval_splits(), "config.data.eval_splits")
+        if self.dataset == "gettext":
+            self._validate_gettext()
+
+    def _validate_gettext(self) -> None:
+        """Cheap checks (no catalogue is read): the language's catalogues exist, the fractions
+        leave a training split, and byte-tokenised strings fit with their eos."""
+        cfg = self.data_cfg
+        gettext.check_fractions(cfg.validation_fraction, cfg.test_fraction)
+        gettext.catalogue_paths(cfg.language, cfg.locale_dir or gettext.DEFAULT_LOCALE_DIR,
+                                cfg.domains)
+        room = min(self.max_src_len, self.max_tgt_len) - 1
+        if self.tokenizer_kind == "byte" and cfg.max_bytes > room:
+            raise ValueError(f"config.data.max_bytes={cfg.max_bytes} does not fit "
+                             f"max_src_len={self.max_src_len} / max_tgt_len={self.max_tgt_len} "
+                             f"with the eos: set max_bytes <= {room} or raise the lengths")
 
     # -- checks the evaluators call -------------------------------------------------------------
     def check_decode_len(self, max_len: int, where: str) -> int:
@@ -124,6 +150,12 @@ class Seq2SeqTask(SequenceTask):
                 self._pairs.update(text.date_splits(
                     int(cfg.train_size), int(cfg.validation_size), int(cfg.test_size),
                     int(cfg.seed), **kw))
+            elif self.dataset == "gettext":
+                self._pairs.update(gettext.load_gettext(
+                    cfg.language, cfg.locale_dir or gettext.DEFAULT_LOCALE_DIR,
+                    max_bytes=int(cfg.max_bytes), validation_fraction=cfg.validation_fraction,
+                    test_fraction=cfg.test_fraction, seed=int(cfg.seed),
+                    domains=tuple(cfg.domains)).splits)
             elif self.dataset == "digits_words":
                 self._pairs.update(digits_words(int(cfg.seed)))
             else:

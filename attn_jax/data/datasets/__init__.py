@@ -4,6 +4,7 @@
   digits          scikit-learn's 8x8 digits, stratified 80/20 (tfds builder `digits_sklearn`)
   image_records   what the offline image builders share: features, examples, channel stats
   dates           CLDR-written dates -> ISO 8601 (seq2seq, generated offline)
+  gettext         the system's gettext catalogues: English UI strings -> X (seq2seq, offline)
   stdlib          the Python standard library's source, split by file (LM, offline)
   tfds_text       WMT14 En-De and lm1b read through `tfds.data_source` (prepared once)
 
