@@ -30,7 +30,7 @@ def get_config(arg=None):
     config = base_config()
     config.task = "seq2seq"
     config.data = dict(
-        dataset="gettext", language="de", locale_dir="", max_bytes=64, validation_fraction=0.05,
+        dataset="gettext", target_lang="de", locale_dir="", max_bytes=64, validation_fraction=0.05,
         test_fraction=0.05, seed=0, tokenizer="byte", max_src_len=65, max_tgt_len=65,
         eval_splits=["validation"])
     config.evals = dict(

@@ -170,7 +170,7 @@ def test_system_german_catalogues():
 
 def _gettext_task(locale_dir, **changes):
     config = set_keys(tiny_config("seq2seq"), {
-        "data": dict(dataset="gettext", language="de", locale_dir=locale_dir, max_bytes=31,
+        "data": dict(dataset="gettext", target_lang="de", locale_dir=locale_dir, max_bytes=31,
                      validation_fraction=0.25, test_fraction=0.25, tokenizer="byte",
                      max_src_len=32, max_tgt_len=32, eval_splits=["validation"]),
         **changes})
@@ -196,10 +196,12 @@ def test_seq2seq_task_batches_gettext_pairs(locale_dir):
         "validation", process_index=0, process_count=1))
     assert val == len(task.pairs("validation")) > 0
 
-    with pytest.raises(ValueError, match="'langauge' \\(did you mean 'language'"):
-        _gettext_task(locale_dir, **{"data.langauge": "fr"})
+    with pytest.raises(ValueError, match="'target_lnag' \\(did you mean 'target_lang'"):
+        _gettext_task(locale_dir, **{"data.target_lnag": "fr"})
+    with pytest.raises(ValueError, match="source_lang='fr'.*from English"):
+        _gettext_task(locale_dir, **{"data.source_lang": "fr"})
     with pytest.raises(ValueError, match="'xx'.*de, fr"):
-        _gettext_task(locale_dir, **{"data.language": "xx"})
+        _gettext_task(locale_dir, **{"data.target_lang": "xx"})
     with pytest.raises(ValueError, match="max_bytes=40 does not fit"):
         _gettext_task(locale_dir, **{"data.max_bytes": 40})
 

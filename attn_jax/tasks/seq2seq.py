@@ -5,8 +5,8 @@ the Transformer (Vaswani et al. 2017), a recurrent seq2seq, an image captioner.
   * 'dates' (offline): CLDR-written dates in ~30 locales -> ISO 8601 (`attn_jax.data.text`),
     generated from (train_size, validation_size, test_size, seed, locales, formats,
     start_year, end_year); held-out splits share no date with train.
-  * 'gettext' (offline, real): English UI strings -> their translation into `language` from the
-    system's gettext catalogues (`attn_jax.data.datasets.gettext`: locale_dir, language,
+  * 'gettext' (offline, real): English UI strings -> their translation into `target_lang` from the
+    system's gettext catalogues (`attn_jax.data.datasets.gettext`: locale_dir, target_lang,
     max_bytes, validation_fraction, test_fraction, domains; seed salts the hash split).
   * 'wmt14_de_en' (online): tfds `wmt14_translate/de-en` prepared as ArrayRecord in data_dir;
     source_lang / target_lang pick the direction (default en -> de, the paper's headline).
@@ -61,14 +61,13 @@ class DataConfig(TokenizerConfig):
     formats: tuple[str, ...] = ()        # () = all of the CLDR formats
     start_year: int = 0                  # 0 = the generator's default range
     end_year: int = 0
-    # gettext (seed above salts its split)
-    language: str = "de"                 # <locale_dir>/<language>/LC_MESSAGES/*.mo
+    # gettext (seed above salts its split; target_lang below picks <locale_dir>/<lang>/LC_MESSAGES)
     locale_dir: str = ""                 # "" = /usr/share/locale
     max_bytes: int = 64                  # longest string kept, either side, in UTF-8 bytes
     validation_fraction: float = 0.05
     test_fraction: float = 0.05
     domains: tuple[str, ...] = ()        # () = every catalogue, else e.g. ("coreutils", "git")
-    # wmt14
+    # wmt14 (source_lang, target_lang) and gettext (target_lang; its source is always English)
     data_dir: str = ""
     source_lang: str = "en"
     target_lang: str = "de"
@@ -117,7 +116,10 @@ class Seq2SeqTask(SequenceTask):
         leave a training split, and byte-tokenised strings fit with their eos."""
         cfg = self.data_cfg
         gettext.check_fractions(cfg.validation_fraction, cfg.test_fraction)
-        gettext.catalogue_paths(cfg.language, cfg.locale_dir or gettext.DEFAULT_LOCALE_DIR,
+        if cfg.source_lang != "en":
+            raise ValueError(f"config.data.source_lang={cfg.source_lang!r}: the gettext catalogues "
+                             "translate from English; set source_lang='en' and target_lang")
+        gettext.catalogue_paths(cfg.target_lang, cfg.locale_dir or gettext.DEFAULT_LOCALE_DIR,
                                 cfg.domains)
         room = min(self.max_src_len, self.max_tgt_len) - 1
         if self.tokenizer_kind == "byte" and cfg.max_bytes > room:
@@ -152,7 +154,7 @@ class Seq2SeqTask(SequenceTask):
                     int(cfg.seed), **kw))
             elif self.dataset == "gettext":
                 self._pairs.update(gettext.load_gettext(
-                    cfg.language, cfg.locale_dir or gettext.DEFAULT_LOCALE_DIR,
+                    cfg.target_lang, cfg.locale_dir or gettext.DEFAULT_LOCALE_DIR,
                     max_bytes=int(cfg.max_bytes), validation_fraction=cfg.validation_fraction,
                     test_fraction=cfg.test_fraction, seed=int(cfg.seed),
                     domains=tuple(cfg.domains)).splits)
