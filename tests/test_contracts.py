@@ -60,7 +60,7 @@ def test_second_family_trains_decodes_and_is_scored(name, kind, registered, tmp_
         config.model = dict(name=name, max_len=16)
     else:
         config.model = dict(name=name, cell="gru", attention="additive", embed_dim=16,
-                            hidden=32)
+                            hidden=32, bidirectional=False)
     config.evals = dict(
         loss=dict(type="loss"),
         greedy=dict(type="decode", splits=["test"], max_examples=20, num_examples_shown=2),

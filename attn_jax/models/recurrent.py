@@ -23,10 +23,12 @@ outputs: [h->_{len}; h<-_1] of the top layer. The teacher-forced pass runs this 
 `nn.scan`, and `decode_step_fn` calls the same step once per token, so the two agree.
 
 Lengths: sources are right-padded with `pad_id`; a row's length is its count of non-pad tokens.
-Padded steps neither change a state nor reach an output. Lengths above the sequence length, or
-zero, are a ValueError whenever they are concrete (an eager call); under `jit` they cannot be
-seen, and a zero-length row is then defined as: every final state is the zero initial carry,
-every output zero, and its attention weights are all zero (context vector 0), never NaN.
+Padded steps neither change a state nor reach an output. `RecurrentEncoder` refuses lengths
+above the sequence length, and zero lengths, with a ValueError whenever they are concrete (an
+eager call; under `jit` values cannot be seen). `RNNSeq2Seq` does accept all-pad source rows,
+because the shared batcher fills the last evaluation batch with them (mask 0): such a row is
+defined as every final state the zero initial carry, every output zero, attention weights all
+zero (context vector 0), never NaN; its logits are computed and ignored by the task's masks.
 """
 
 from __future__ import annotations
@@ -76,9 +78,9 @@ def _concrete(x: Any) -> np.ndarray | None:
     return np.asarray(x)
 
 
-def check_lengths(lengths: Array, batch: int, time: int) -> None:
-    """ValueError for lengths that are not `[batch]` ints in [1, time] (values checked only
-    when concrete: under jit they are unknown until run time)."""
+def check_lengths(lengths: Array, batch: int, time: int, allow_empty: bool = False) -> None:
+    """ValueError for lengths that are not `[batch]` ints in [1, time] ([0, time] with
+    `allow_empty`); values are checked only when concrete (under jit they are unknown)."""
     if jnp.shape(lengths) != (batch,) or not jnp.issubdtype(jnp.result_type(lengths),
                                                             jnp.integer):
         raise ValueError(f"lengths must be int [batch={batch}], got shape {jnp.shape(lengths)} "
@@ -88,7 +90,7 @@ def check_lengths(lengths: Array, batch: int, time: int) -> None:
         return
     if (values > time).any():
         raise ValueError(f"lengths {values.tolist()} exceed the sequence length {time}")
-    if (values < 1).any():
+    if (values < 0).any() or (not allow_empty and (values < 1).any()):
         raise ValueError(f"lengths {values.tolist()} include {int(values.min())}: every sequence "
                          "needs at least one step (an empty source has no final state to "
                          "encode; give it an eos token)")
@@ -107,6 +109,7 @@ class RecurrentEncoder(nn.Module):
 
     Attributes:
       cell: 'rnn', 'lstm' or 'gru'. hidden: state width per direction.
+      allow_empty: accept zero lengths (such a row's states stay zero, its outputs zero).
     """
 
     cell: str = "lstm"
@@ -114,6 +117,7 @@ class RecurrentEncoder(nn.Module):
     num_layers: int = 1
     bidirectional: bool = True
     dropout_rate: float = 0.0
+    allow_empty: bool = False
     dtype: Any = jnp.float32
     param_dtype: Any = jnp.float32
 
@@ -132,13 +136,14 @@ class RecurrentEncoder(nn.Module):
     @nn.compact
     def __call__(self, inputs: Array, lengths: Array, *, deterministic: bool = True
                  ) -> tuple[Array, tuple[Any, ...]]:
-        """inputs `[batch, time, d]`, lengths `[batch]` int in [1, time] -> (outputs
+        """inputs `[batch, time, d]`, lengths `[batch]` int in [1, time] ([0, time] with
+        `allow_empty`) -> (outputs
         `[batch, time, features]`, zero at t >= length; final states, one per layer: the cell's
         carry (LSTM: `(c, h)`), or `(forward, backward)` carries when bidirectional)."""
         if inputs.ndim != 3:
             raise ValueError(f"inputs must be [batch, time, features], got shape {inputs.shape}")
         batch, time = inputs.shape[:2]
-        check_lengths(lengths, batch, time)
+        check_lengths(lengths, batch, time, self.allow_empty)
         valid = jnp.arange(time)[None, :] < lengths[:, None]  # [batch, time]
         x, finals = inputs, []
         for i in range(self.num_layers):
@@ -358,9 +363,10 @@ class RNNSeq2Seq(nn.Module):
 
         self.source_embedding, self.target_embedding = embed("source_embedding"), embed(
             "target_embedding")
+        # allow_empty: the batcher's filler rows (mask 0) are all pad.
         self.encoder = RecurrentEncoder(self.cell, self.encoder_width, self.encoder_layers,
-                                        self.bidirectional, self.dropout_rate, self.dtype,
-                                        self.param_dtype)
+                                        self.bidirectional, self.dropout_rate, True,
+                                        self.dtype, self.param_dtype)
         self.step = DecoderStep(self.cell, self.hidden, self.decoder_layers, self.attention,
                                 self.attention_dim or self.hidden, self.memory_features,
                                 self.dtype, self.param_dtype)
