@@ -9,14 +9,17 @@ r"""Recurrent seq2seq (Bahdanau et al. 2015 / Cho et al. 2014): the dates of
 The argument is `ATTENTION[,CELL]`: attention 'additive' (default, Bahdanau), 'dot' or 'general'
 (Luong) or 'none' (one fixed context vector: the encoder's final state); cell 'lstm' (default),
 'gru' or 'rnn'. Data, tokenizer (UTF-8 bytes), evaluators (loss; greedy exact match and BLEU on
-validation and the 2000 test dates) and schedule are those of the Transformer config, so the
-two families are compared on the same footing. Model: byte embeddings 64, a 1-layer
-bidirectional encoder (128 per direction), a 1-layer decoder of 256, attention width 256,
-dropout 0.1; about 0.6M parameters with LSTMs.
+validation and the 2000 test dates), batch 64, 3000 steps and label smoothing 0.1 are the
+Transformer config's, so the two families are compared on the same footing (Adam at 2e-3 with
+200 warmup steps here; the Transformer's schedule is its paper's). Model: byte embeddings 64 (separate source and
+target tables), a 1-layer bidirectional encoder (128 per direction), a 1-layer decoder of 256,
+attention width 256, dropout 0.1: 1,298,819 parameters with LSTMs.
 
-Hardware: 2-core CPU. Measured (2026-12-01, a 300-step sanity run of the default, shared CPU):
-see the commit that added this file; the full 3000-step runs are still to be recorded
-(BENCHMARKS.md).
+Hardware: 2-core CPU, shared. Measured (2026-12-02, the default, a 300-step sanity run with
+`--config.total_steps=300`: 1 min 58 s of training at 3.3 steps/s): train loss 2.39 at step 50 ->
+0.92 at 300 (label-smoothed), validation loss 0.115, token accuracy 99.3%, exact match 93.4%
+validation / 93.65% test. The full 3000 steps (~15 min at that rate) and the other attention
+settings are still to be recorded (BENCHMARKS.md).
 """
 
 from attn_jax.train.config import base_config
