@@ -370,3 +370,22 @@ def test_bad_inputs_are_clear_value_errors_before_compiling():
             build_model("rnn_seq2seq", vocab_size=13, hidden=8, **fields)
     with pytest.raises(ValueError, match="cell='tanh' is unknown"):
         RecurrentEncoder("tanh")
+
+
+def test_the_dates_configs_build_every_attention_and_cell():
+    """configs/rnn_dates.py[:ATTENTION[,CELL]] builds its model (construction only: the
+    field checks run, nothing compiles); a bad argument names the choices."""
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(__file__), os.pardir, "configs", "rnn_dates.py")
+    spec = importlib.util.spec_from_file_location("rnn_dates", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for arg, attention, cell in [(None, "additive", "lstm"), ("none", "none", "lstm"),
+                                 ("dot,gru", "dot", "gru"), ("general,rnn", "general", "rnn")]:
+        fields = dict(module.get_config(arg).model)
+        model = build_model(fields.pop("name"), vocab_size=259, **fields)
+        assert (model.attention, model.cell, model.memory_features) == (attention, cell, 256)
+    with pytest.raises(ValueError, match="ATTENTION"):
+        module.get_config("luong")

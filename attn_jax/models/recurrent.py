@@ -18,9 +18,11 @@ The decoder step (Bahdanau's order, so the cache is the recurrent carry alone):
     logits_t = W_y dropout(o_t)
 
 with s_{t-1} the top decoder layer's hidden state, and s_0 = tanh(W_init c) per layer (Bahdanau's
-s_0 = tanh(W_s h<-_1), Cho's h'_0 = tanh(V' c)) where c is the encoder's final state read off its
-outputs: [h->_{len}; h<-_1] of the top layer. The teacher-forced pass runs this step under
-`nn.scan`, and `decode_step_fn` calls the same step once per token, so the two agree.
+s_0 = tanh(W_s h<-_1), Cho's h'_0 = tanh(V' c); an LSTM gets its (c_0, h_0) as the two halves)
+where c is the encoder's final state read off its outputs: [h->_{len}; h<-_1] of the top layer (an
+LSTM encoder's cell memory is not part of the memory the contract passes on). The teacher-forced
+pass runs this step under `nn.scan`, and `decode_step_fn` calls the same step once per token, so
+the two agree.
 
 Lengths: sources are right-padded with `pad_id`; a row's length is its count of non-pad tokens.
 Padded steps neither change a state nor reach an output. `RecurrentEncoder` refuses lengths
@@ -137,24 +139,24 @@ class RecurrentEncoder(nn.Module):
     def __call__(self, inputs: Array, lengths: Array, *, deterministic: bool = True
                  ) -> tuple[Array, tuple[Any, ...]]:
         """inputs `[batch, time, d]`, lengths `[batch]` int in [1, time] ([0, time] with
-        `allow_empty`) -> (outputs
-        `[batch, time, features]`, zero at t >= length; final states, one per layer: the cell's
-        carry (LSTM: `(c, h)`), or `(forward, backward)` carries when bidirectional)."""
+        `allow_empty`) -> (outputs `[batch, time, features]`, zero at t >= length; final
+        states, one per layer: the cell's carry (LSTM: `(c, h)`), or `(forward, backward)`
+        carries when bidirectional)."""
         if inputs.ndim != 3:
             raise ValueError(f"inputs must be [batch, time, features], got shape {inputs.shape}")
         batch, time = inputs.shape[:2]
         check_lengths(lengths, batch, time, self.allow_empty)
         valid = jnp.arange(time)[None, :] < lengths[:, None]  # [batch, time]
+
+        def rnn(**kw):
+            # parent=None: built here, adopted (and named) by the layer that holds them.
+            return nn.RNN(make_cell(self.cell, self.hidden, self.dtype, self.param_dtype,
+                                    parent=None), **kw)
+
         x, finals = inputs, []
         for i in range(self.num_layers):
             if i:
                 x = nn.Dropout(self.dropout_rate)(x, deterministic=deterministic)
-
-            def rnn(**kw):
-                # parent=None: built here, adopted (and named) by the layer that holds them.
-                return nn.RNN(make_cell(self.cell, self.hidden, self.dtype, self.param_dtype,
-                                        parent=None), **kw)
-
             if self.bidirectional:
                 layer = nn.Bidirectional(rnn(parent=None), rnn(parent=None), return_carry=True,
                                          name=f"layer_{i}")

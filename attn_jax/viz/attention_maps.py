@@ -5,13 +5,13 @@ r"""Attention heatmaps of a trained encoder-decoder, one PNG per layer and atten
 
 The model greedily translates the text; the translation is then fed back teacher-forced, which
 reproduces the decoder's computation step by step (causal masks, deterministic), and the model's
-`attention_weights(params, source, targets)` returns its weights `[batch, heads, q_len, kv_len]`
-by name (the Transformer intercepts every `MultiHeadAttention`; the recurrent seq2seq returns its
+`attention_weights(params, source, targets)` returns its weights `[batch, heads, q_len, kv_len]` by
+name (the Transformer intercepts every `MultiHeadAttention`; the recurrent seq2seq returns its
 alignment, one head, as 'decoder/layer_0/cross_attention'). Files:
 `encoder_layer{i}_self_attention.png`, `decoder_layer{i}_self_attention.png` and
-`decoder_layer{i}_cross_attention.png`, each a grid of the heads plus their mean. Rows are queries: source tokens in the encoder, and in the decoder the
-output token each position predicts; columns are keys: source tokens, or the decoder's inputs
-(<s> then the output shifted right).
+`decoder_layer{i}_cross_attention.png`, each a grid of the heads plus their mean. Rows are queries:
+source tokens in the encoder, and in the decoder the output token each position predicts; columns
+are keys: source tokens, or the decoder's inputs (<s> then the output shifted right).
 """
 
 from __future__ import annotations
