@@ -22,6 +22,7 @@ import functools
 import math
 import os
 import shutil
+import textwrap
 import warnings
 from collections.abc import Sequence
 from typing import Any
@@ -99,11 +100,12 @@ def plot_heads(weights: np.ndarray, row_labels: Sequence[str], col_labels: Seque
     plt = _pyplot()
 
     heads, rows, cols = weights.shape
-    panels = [(f"head {h}", weights[h]) for h in range(heads)]
-    panels = panels + [("mean", weights.mean(0))] if heads > 1 else [("attention", weights[0])]
+    panels = [(f"head {h}", weights[h]) for h in range(heads)] + [("mean", weights.mean(0))]
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
     width, height = max(3.0, 0.18 * cols + 1.2), max(2.5, 0.18 * rows + 1.2)
+    if heads == 1:  # one panel (a recurrent alignment), titled with the wrapped title
+        panels, ncols, nrows = [(textwrap.fill(title, int(width * 100 / 6)), weights[0])], 1, 1
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 0.6),
                              squeeze=False)
     for ax in axes.flat[len(panels):]:
@@ -115,7 +117,8 @@ def plot_heads(weights: np.ndarray, row_labels: Sequence[str], col_labels: Seque
         ax.set_xticks(range(cols), col_labels, fontsize=7, rotation=90)
         ax.set_yticks(range(rows), row_labels, fontsize=7)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
-    fig.suptitle(title, wrap=True)  # one narrow panel must not cut the title off
+    if heads > 1:
+        fig.suptitle(title)
     with warnings.catch_warnings():  # a glyph the font lacks is drawn as a box, not an error
         warnings.simplefilter("ignore")
         fig.savefig(path, dpi=100)
