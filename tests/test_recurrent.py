@@ -152,8 +152,8 @@ def _encoder(kind, bidirectional=True, layers=2):
     rng = np.random.default_rng(1)
     x = jnp.asarray(rng.normal(size=(4, 5, 3)), jnp.float32)
     encoder = RecurrentEncoder(kind, hidden=4, num_layers=layers, bidirectional=bidirectional)
-    variables = encoder.init(jax.random.key(0), x, jnp.asarray(LENGTHS))
-    variables = jax.tree.map(lambda v: v + 0.05, variables)
+    shapes = nn.unbox(jax.eval_shape(encoder.init, jax.random.key(0), x, jnp.asarray(LENGTHS)))
+    variables = jax.tree.map(lambda s: jnp.asarray(rng.normal(0, 0.5, s.shape), s.dtype), shapes)
     return encoder, variables, x
 
 
