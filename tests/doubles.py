@@ -1,9 +1,8 @@
-"""Test doubles of the encoder-decoder contract (`attn_jax.models.protocols`), built from real
+"""A test double of the encoder-decoder contract (`attn_jax.models.protocols`), built from real
 modules, that the sequence task, the decode evaluator and `attn_jax.decoding` must serve with no
-change to any of them:
+change to any of them (the recurrent seq2seq, whose cache is a carry, is the real registered
+'rnn_seq2seq' model):
 
-  GruSeq2Seq       a recurrent encoder-decoder (Cho et al. 2014's fixed context vector): the
-                   decode cache is the GRU's carry, not a KV cache;
   ViTCaptioner     ViT tokens (`ViT.encode`) as the memory of the Transformer's decoder: a
                    captioning-shaped model over an image source.
 """
@@ -19,70 +18,6 @@ import jax.numpy as jnp
 
 from attn_jax.models.transformer import Decoder, TransformerConfig, _embedding, shift_right
 from attn_jax.models.vit import ViT
-
-
-class GruSeq2Seq(nn.Module):
-    """Embedding + GRU encoder; the masked mean of its outputs is the context vector, which
-    starts the decoder GRU's carry and is fed with every input token."""
-
-    vocab_size: int
-    pad_id: int = 0
-    bos_id: int = 1
-    hidden: int = 32
-    dtype: Any = jnp.float32
-
-    def setup(self):
-        self.embed = nn.Embed(self.vocab_size, self.hidden)
-        self.encoder = nn.RNN(nn.GRUCell(self.hidden))
-        self.init_carry = nn.Dense(self.hidden)
-        self.cell = nn.GRUCell(self.hidden)
-        self.out = nn.Dense(self.vocab_size)
-
-    def encode(self, source, *, deterministic: bool = True):
-        mask = source != self.pad_id
-        memory = self.encoder(self.embed(source), seq_lengths=mask.sum(-1))
-        return memory * mask[..., None], mask
-
-    def _context(self, memory, memory_mask):
-        weights = memory_mask.astype(memory.dtype)[..., None]
-        return (memory * weights).sum(1) / jnp.maximum(weights.sum(1), 1.0)
-
-    def _step(self, carry, ids, context):
-        carry, y = self.cell(carry, jnp.concatenate([self.embed(ids), context], -1))
-        return carry, self.out(y)
-
-    def decode(self, memory, memory_mask, targets, *, deterministic: bool = True):
-        context = self._context(memory, memory_mask)
-        carry = jnp.tanh(self.init_carry(context))
-        inputs = shift_right(targets, self.bos_id)
-        logits = []
-        for t in range(targets.shape[1]):  # short sequences: a Python loop is fine here
-            carry, out = self._step(carry, inputs[:, t], context)
-            logits.append(out)
-        return jnp.stack(logits, 1).astype(jnp.float32)
-
-    def __call__(self, source, targets, *, deterministic: bool = True):
-        return self.decode(*self.encode(source), targets)
-
-    def _start(self, memory, memory_mask):
-        context = self._context(memory, memory_mask)
-        return jnp.tanh(self.init_carry(context)), context
-
-    def _apply_step(self, carry, ids, context):
-        return self._step(carry, ids, context)
-
-    @nn.nowrap
-    def decode_step_fn(self, params, memory, memory_mask, *, max_len: int):
-        del max_len  # the carry does not grow
-        carry, context = self.apply({"params": params}, memory, memory_mask,
-                                    method=GruSeq2Seq._start)
-
-        def tokens_to_logits(ids, carry):
-            carry, logits = self.apply({"params": params}, carry, ids[:, 0], context,
-                                       method=GruSeq2Seq._apply_step)
-            return logits.astype(jnp.float32), carry
-
-        return tokens_to_logits, carry
 
 
 class ViTCaptioner(nn.Module):

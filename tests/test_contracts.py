@@ -1,6 +1,8 @@
-"""The model-family contracts: a second encoder-decoder and a captioning-shaped model train,
-decode (greedy and beam) and are scored (exact match, BLEU) through the same sequence task,
-decode evaluator and `attn_jax.decoding` as the Transformer, with no change to any of them.
+"""The model-family contracts: the recurrent seq2seq (a second registered encoder-decoder, its
+cache a carry) and a captioning-shaped model train, decode (greedy and beam) and are scored
+(exact match, BLEU) through the same sequence task, decode evaluator and `attn_jax.decoding` as
+the Transformer, with no change to any of them; the recurrent model's alignment comes out of the
+same attention-map tool as the Transformer's.
 
 References: the teacher-forced forward pass (cached step decoding must reproduce its logits),
 the arg-max of those logits (greedy), and sacrebleu / string equality on the decoded strings.
@@ -20,13 +22,13 @@ from attn_jax import decoding, models
 from attn_jax.data import text
 from attn_jax.models.vit import ViT
 from attn_jax.train import loop
+from attn_jax.viz import attention_maps
 from tiny_configs import tiny_config
 
 
 @pytest.fixture
 def registered(monkeypatch):
-    """The doubles in the model registry, as a new family would be."""
-    monkeypatch.setitem(models.MODELS, "gru_seq2seq", "doubles:GruSeq2Seq")
+    """The double in the model registry, as a new family would be."""
     monkeypatch.setitem(models.MODELS, "vit_captioner", "doubles:ViTCaptioner")
 
 
@@ -49,7 +51,7 @@ def _teacher_forced_step_check(model, params, source, targets, valid):
     np.testing.assert_allclose(np.stack(stepped, 1)[valid], np.asarray(full)[valid], atol=2e-5)
 
 
-@pytest.mark.parametrize("name, kind", [("gru_seq2seq", "text"), ("vit_captioner", "image")])
+@pytest.mark.parametrize("name, kind", [("rnn_seq2seq", "text"), ("vit_captioner", "image")])
 def test_second_family_trains_decodes_and_is_scored(name, kind, registered, tmp_path):
     config = tiny_config("seq2seq")
     if kind == "image":
@@ -57,7 +59,8 @@ def test_second_family_trains_decodes_and_is_scored(name, kind, registered, tmp_
                            eval_splits=["validation"])
         config.model = dict(name=name, max_len=16)
     else:
-        config.model = dict(name=name, hidden=32)
+        config.model = dict(name=name, cell="gru", attention="additive", embed_dim=16,
+                            hidden=32, bidirectional=False)
     config.evals = dict(
         loss=dict(type="loss"),
         greedy=dict(type="decode", splits=["test"], max_examples=20, num_examples_shown=2),
@@ -92,6 +95,20 @@ def test_second_family_trains_decodes_and_is_scored(name, kind, registered, tmp_
     valid = np.arange(out.shape[1])[None, :] <= ends[:, None]
     np.testing.assert_array_equal(np.asarray(logits).argmax(-1)[valid], out[valid])
     _teacher_forced_step_check(task.model, params, batch["inputs"], jnp.asarray(out), valid)
+    if kind == "text":
+        _attention_map_check(str(tmp_path))
+
+
+def _attention_map_check(workdir):
+    """The Transformer's heatmap tool draws the recurrent alignment: one PNG, tokens on both
+    axes, weights from a teacher-forced pass that reproduces the greedy translation."""
+    out = os.path.join(workdir, "maps")
+    maps = attention_maps.attention_maps(workdir, "21. November 2026", out)
+    assert sorted(os.listdir(out)) == ["decoder_layer0_cross_attention.png"]
+    w = maps.weights["decoder/layer_0/cross_attention"]
+    assert w.shape == (1, 1, len(maps.output_ids), len(maps.source_ids))
+    np.testing.assert_allclose(w.sum(-1), 1.0, rtol=1e-5)
+    np.testing.assert_array_equal(maps.logits.argmax(-1)[0], maps.output_ids)
 
 
 def test_vit_encode_features_and_logits_agree():

@@ -26,6 +26,23 @@ def _transformer_block(d, mlp, cross):
     return (2 + cross) * 2 * d + (1 + cross) * attn + (d * mlp + mlp) + (mlp * d + d)
 
 
+def _cell(kind, d, h):
+    """flax's cells: tanh RNN W_i x + b + W_h h; LSTM 4 gates (x kernels, h kernels + bias);
+    GRU r, z, n with input biases plus the bias of W_hn."""
+    return {"rnn": d * h + h * h + h, "lstm": 4 * (d * h + h * h + h),
+            "gru": 3 * (d * h + h * h + h) + h}[kind]
+
+
+def _rnn_seq2seq_count(kind, vocab, e, h, enc_h, enc_layers, dirs, attn):
+    d = enc_h * dirs  # memory width
+    encoder = sum(dirs * _cell(kind, e if i == 0 else d, enc_h) for i in range(enc_layers))
+    init = d * h * (2 if kind == "lstm" else 1) + h * (2 if kind == "lstm" else 1)
+    alignment = h * attn + d * attn + attn  # additive: W, U, v
+    output = (h + d + e) * h + h             # o_t = tanh(W [s; c; E y])
+    return 2 * vocab * e + encoder + init + _cell(kind, e + d, h) + alignment + output + (
+        h * vocab + vocab)
+
+
 # name -> (kwargs, inputs (a function of the model), output shape, parameter count or None)
 ENTRIES = {
     "vit": (dict(num_classes=10, patch_size=4, hidden_size=32, depth=2, num_heads=4, mlp_dim=64),
@@ -45,6 +62,12 @@ ENTRIES = {
                    lambda: (jnp.ones((2, 9), jnp.int32),), (2, 9, 50),
                    # tied embedding + learned positions + blocks + final LayerNorm
                    50 * 32 + 16 * 32 + 2 * _transformer_block(32, 64, 0) + 2 * 32),
+    "rnn_seq2seq": (dict(vocab_size=50, cell="lstm", attention="additive", embed_dim=8,
+                         hidden=16, encoder_layers=2, attention_dim=12),
+                    lambda: (jnp.ones((2, 12), jnp.int32), jnp.ones((2, 7), jnp.int32)),
+                    (2, 7, 50),
+                    # separate embeddings, a 2-layer bidirectional encoder of 8 per direction
+                    _rnn_seq2seq_count("lstm", 50, 8, 16, 8, 2, 2, 12)),
 }
 
 

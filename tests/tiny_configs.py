@@ -10,6 +10,8 @@ Kinds:
   classifier      a one-block GAP ViT for FID features
   diffusion       a one-level U-Net on the 8x8 digits, T = 50
   seq2seq         dates (3 locales) -> ISO with a 1+1-layer byte Transformer, 8 heads
+  rnn_seq2seq     the same dates with the recurrent seq2seq (bidirectional LSTM, additive
+                  attention; widths divisible by 8 devices)
   lm              a 1-layer byte GPT on `tiny_corpus(data_dir)`
 
 SGD (+momentum), not Adam, wherever runs on different meshes are compared: Adam divides by
@@ -111,6 +113,13 @@ def seq2seq(data_dir: str = "") -> ml_collections.ConfigDict:
     return config
 
 
+def rnn_seq2seq(data_dir: str = "") -> ml_collections.ConfigDict:
+    config = seq2seq(data_dir)
+    config.model = dict(name="rnn_seq2seq", cell="lstm", attention="additive", embed_dim=16,
+                        hidden=16, attention_dim=16, dropout_rate=0.0)
+    return config
+
+
 def tiny_corpus(data_dir: str) -> str:
     """Eight small generated .py files under `data_dir` (written once)."""
     root = os.path.join(data_dir, "tiny_py_corpus")
@@ -142,8 +151,10 @@ def lm(data_dir: str) -> ml_collections.ConfigDict:
 
 
 KINDS = {"classification": classification, "process": process, "classifier": classifier,
-         "diffusion": diffusion, "seq2seq": seq2seq, "lm": lm}
-TASK_KINDS = ("classification", "diffusion", "seq2seq", "lm")  # one per registered task
+         "diffusion": diffusion, "seq2seq": seq2seq, "rnn_seq2seq": rnn_seq2seq, "lm": lm}
+# One per registered task, plus the recurrent seq2seq: a second model family (its state a
+# carry, its parameters named for the sharding table) through the same mesh and resume checks.
+TASK_KINDS = ("classification", "diffusion", "seq2seq", "rnn_seq2seq", "lm")
 
 
 def set_keys(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:

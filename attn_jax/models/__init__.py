@@ -15,6 +15,7 @@ MODELS = {
     "unet": "attn_jax.models.unet:UNet",
     "transformer": "attn_jax.models.transformer_presets:encoder_decoder",
     "decoder_lm": "attn_jax.models.transformer_presets:decoder_lm",
+    "rnn_seq2seq": "attn_jax.models.recurrent:RNNSeq2Seq",
 }
 
 

@@ -10,7 +10,7 @@ Image encoder (ViT; later Mixer, CNNs), applied with `model.apply(variables, x, 
   `features(images) -> [b, d]`         pooled representation (FID features, linear probes)
   `encode(images) -> [b, n, d]`        tokens (a captioning encoder, a detection backbone)
 
-Encoder-decoder (the Transformer; later the recurrent seq2seq and the captioners):
+Encoder-decoder (the Transformer, the recurrent seq2seq; later the captioners):
   `encode(source, deterministic) -> (memory [b, s, d], memory_mask [b, s] bool)`
   `decode(memory, memory_mask, targets [b, t], deterministic) -> logits [b, t, vocab]`
       (teacher forcing: the model shifts `targets` right by its `bos_id` itself)
@@ -20,6 +20,9 @@ Encoder-decoder (the Transformer; later the recurrent seq2seq and the captioners
       `tokens_to_logits(ids [rows, 1], cache) -> (logits [rows, vocab], cache)` and its initial
       cache (a KV cache, or an RNN's carry), every array leaf leading with the rows
   `bos_id`, `pad_id`: the start token and the id written after EOS.
+  Optional, for `attn_jax.viz.attention_maps`: `attention_weights(params, source, targets) ->
+      (logits, {'stack/layer_i/kind': weights [b, heads, q_len, kv_len]})`, a plain (`nn.nowrap`)
+      method like `decode_step_fn`; kinds 'self_attention' / 'cross_attention'.
 The source may be token ids or images: the sequence task never looks inside it.
 
 Decoder-only LM:

@@ -23,6 +23,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from attn_jax.attention import MultiHeadAttention
 from attn_jax.layers import TransformerBlock, layer_norm
 from attn_jax.positional import LearnedPositionEmbedding, sinusoidal_positions
 
@@ -482,6 +483,30 @@ class EncoderDecoder(nn.Module):
             return logits[:, -1], new["cache"]
 
         return tokens_to_logits, cache
+
+    @nn.nowrap
+    def attention_weights(self, params: Any, inputs: Array, targets: Array
+                          ) -> tuple[Array, dict[str, Array]]:
+        """Teacher-forced logits `[batch, tgt_len, vocab]` and the softmax weights of every
+        MultiHeadAttention, keyed by module path ('encoder/layer_0/self_attention',
+        'decoder/layer_0/self_attention', 'decoder/layer_0/cross_attention'), each
+        `[batch, heads, q_len, kv_len]` float32 (`attn_jax.viz.attention_maps` draws them).
+        Call it on the unbound model; traceable. Every attention call is intercepted
+        (`nn.intercept_methods`) to return its weights, on the explicit-softmax path whatever
+        kernel the model was trained with."""
+        model = self.clone(config=dataclasses.replace(self.config, attention_implementation=None))
+        weights: dict[str, Array] = {}
+
+        def record(next_fun, args, kwargs, context):
+            if isinstance(context.module, MultiHeadAttention) and context.method_name == "__call__":
+                out, w = next_fun(*args, **{**kwargs, "return_weights": True})
+                weights["/".join(context.module.path)] = w
+                return out
+            return next_fun(*args, **kwargs)
+
+        with nn.intercept_methods(record):
+            logits = model.apply({"params": params}, inputs, targets)
+        return logits, weights
 
 
 def _decode_clone(model: nn.Module) -> nn.Module:

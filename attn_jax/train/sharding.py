@@ -7,8 +7,9 @@ Models name the axes of their parameters (`embed`, `heads`, `mlp`, ...; see
 - data parallel:   mesh (n, 1, 1). Parameters replicated, batch split over `data`.
 - FSDP:            mesh (1, n, 1). The batch is split over `fsdp` too, and each parameter's
                    `embed` axis is split over `fsdp`, so parameters and optimizer state are sharded.
-- tensor parallel: mesh (1, 1, n). Attention heads and the MLP hidden axis split over `tensor`
-                   (Megatron layout); the batch is replicated over `tensor`.
+- tensor parallel: mesh (1, 1, n). Attention heads, the MLP hidden axis and a recurrent cell's
+                   state axis split over `tensor` (Megatron layout for the Transformer); the
+                   batch is replicated over `tensor`.
 
 A logical axis whose size the mesh axes do not divide is replicated instead (small models on big
 meshes keep working), and a mesh axis is used at most once per array.
@@ -37,6 +38,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("vocab", "tensor"),
     ("conv_out", "tensor"),
+    ("rnn_hidden", "tensor"),  # a recurrent cell's gates / state (attn_jax.models.recurrent)
 )
 
 

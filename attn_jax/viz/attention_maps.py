@@ -4,13 +4,14 @@ r"""Attention heatmaps of a trained encoder-decoder, one PNG per layer and atten
         --text "21. November 2026" [--out DIR] [--step N]
 
 The model greedily translates the text; the translation is then fed back teacher-forced, which
-reproduces the decoder's computation step by step (causal masks, deterministic), and every
-`MultiHeadAttention` call is intercepted (`flax.linen.intercept_methods`) to return its softmax
-weights `[batch, heads, q_len, kv_len]`. Files: `encoder_layer{i}_self_attention.png`,
-`decoder_layer{i}_self_attention.png` and `decoder_layer{i}_cross_attention.png`, each a grid of
-the heads plus their mean. Rows are queries: source tokens in the encoder, and in the decoder the
-output token each position predicts; columns are keys: source tokens, or the decoder's inputs
-(<s> then the output shifted right).
+reproduces the decoder's computation step by step (causal masks, deterministic), and the model's
+`attention_weights(params, source, targets)` returns its weights `[batch, heads, q_len, kv_len]` by
+name (the Transformer intercepts every `MultiHeadAttention`; the recurrent seq2seq returns its
+alignment, one head, as 'decoder/layer_0/cross_attention'). Files:
+`encoder_layer{i}_self_attention.png`, `decoder_layer{i}_self_attention.png` and
+`decoder_layer{i}_cross_attention.png`, each a grid of the heads plus their mean. Rows are queries:
+source tokens in the encoder, and in the decoder the output token each position predicts; columns
+are keys: source tokens, or the decoder's inputs (<s> then the output shifted right).
 """
 
 from __future__ import annotations
@@ -21,42 +22,36 @@ import functools
 import math
 import os
 import shutil
+import textwrap
 import warnings
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from attn_jax import decoding
-from attn_jax.attention import MultiHeadAttention
 from attn_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID, ByteTokenizer, Tokenizer
-from attn_jax.models.transformer import EncoderDecoder
 
 Array = jax.Array
 
 
-def capture_attention(model: EncoderDecoder, params: Any, inputs: Array, targets: Array
+def capture_attention(model: Any, params: Any, inputs: Array, targets: Array
                       ) -> tuple[Array, dict[str, Array]]:
-    """Teacher-forced logits `[batch, tgt_len, vocab]` and the attention weights of every
-    MultiHeadAttention, keyed by module path ('decoder/layer_0/cross_attention'), each
-    `[batch, heads, q_len, kv_len]` float32. Traceable (jit it for long inputs)."""
-    # Weights come from the explicit-softmax path, whatever kernel the model was trained with.
-    model = model.clone(config=dataclasses.replace(model.config, attention_implementation=None))
-    weights: dict[str, Array] = {}
+    """Teacher-forced logits `[batch, tgt_len, vocab]` and the model's attention weights, keyed
+    by 'stack/layer_i/kind' ('decoder/layer_0/cross_attention'), each `[batch, heads, q_len,
+    kv_len]` float32: what the model's `attention_weights(params, inputs, targets)` returns
+    (the Transformer's every MultiHeadAttention; a recurrent seq2seq's alignment, one head).
+    Traceable (jit it for long inputs)."""
+    _check_has_attention(model)
+    return model.attention_weights(params, inputs, targets)
 
-    def record(next_fun, args, kwargs, context):
-        if isinstance(context.module, MultiHeadAttention) and context.method_name == "__call__":
-            out, w = next_fun(*args, **{**kwargs, "return_weights": True})
-            weights["/".join(context.module.path)] = w
-            return out
-        return next_fun(*args, **kwargs)
 
-    with nn.intercept_methods(record):
-        logits = model.apply({"params": params}, inputs, targets)
-    return logits, weights
+def _check_has_attention(model: Any) -> None:
+    if not hasattr(type(model), "attention_weights"):
+        raise ValueError(f"{type(model).__name__} has no attention_weights(params, source, "
+                         "targets) method: it cannot show its attention")
 
 
 def token_labels(tokenizer: Tokenizer, ids: Sequence[int]) -> list[str]:
@@ -100,7 +95,8 @@ def _pyplot():
 
 def plot_heads(weights: np.ndarray, row_labels: Sequence[str], col_labels: Sequence[str],
                title: str, path: str) -> None:
-    """A PNG of `weights` `[heads, q_len, kv_len]`: one heatmap per head and their mean."""
+    """A PNG of `weights` `[heads, q_len, kv_len]`: one heatmap per head and their mean (one
+    panel when there is one head)."""
     plt = _pyplot()
 
     heads, rows, cols = weights.shape
@@ -108,6 +104,8 @@ def plot_heads(weights: np.ndarray, row_labels: Sequence[str], col_labels: Seque
     ncols = min(len(panels), 3)
     nrows = math.ceil(len(panels) / ncols)
     width, height = max(3.0, 0.18 * cols + 1.2), max(2.5, 0.18 * rows + 1.2)
+    if heads == 1:  # one panel (a recurrent alignment), titled with the wrapped title
+        panels, ncols, nrows = [(textwrap.fill(title, int(width * 100 / 6)), weights[0])], 1, 1
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 0.6),
                              squeeze=False)
     for ax in axes.flat[len(panels):]:
@@ -119,7 +117,8 @@ def plot_heads(weights: np.ndarray, row_labels: Sequence[str], col_labels: Seque
         ax.set_xticks(range(cols), col_labels, fontsize=7, rotation=90)
         ax.set_yticks(range(rows), row_labels, fontsize=7)
     fig.colorbar(image, ax=axes.ravel().tolist(), shrink=0.6)
-    fig.suptitle(title)
+    if heads > 1:
+        fig.suptitle(title)
     with warnings.catch_warnings():  # a glyph the font lacks is drawn as a box, not an error
         warnings.simplefilter("ignore")
         fig.savefig(path, dpi=100)
@@ -154,9 +153,10 @@ def attention_maps(workdir: str, text: str, out: str | None = None, step: int | 
     task.workdir = workdir  # SentencePiece models load from here
     tokenizer, model = task.tokenizer, task.model
     src = tokenizer.encode(text) + [EOS_ID]
-    if len(src) > model.config.max_len:
+    if task.max_len is not None and len(src) > task.max_len:
         raise ValueError(f"{text!r} is {len(src)} tokens; the model takes at most "
-                         f"{model.config.max_len}")
+                         f"{task.max_len}")
+    _check_has_attention(model)
     inputs = jnp.asarray([src], jnp.int32)
     params = jax.tree.map(jnp.asarray, params)
     greedy = functools.partial(decoding.decode, model, max_len=task.max_tgt_len, eos_id=EOS_ID)
@@ -164,6 +164,9 @@ def attention_maps(workdir: str, text: str, out: str | None = None, step: int | 
     length = out_ids.index(EOS_ID) + 1 if EOS_ID in out_ids else len(out_ids)
     targets = jnp.asarray([out_ids[:length]], jnp.int32)
     logits, weights = jax.jit(capture_attention, static_argnums=0)(model, params, inputs, targets)
+    if not weights:
+        raise ValueError(f"the model in {workdir} has no attention to show (a fixed-context "
+                         "seq2seq: attention='none')")
 
     out = out or os.path.join(workdir, "attention_maps")
     src_labels = token_labels(tokenizer, src)
