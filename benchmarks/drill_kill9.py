@@ -102,7 +102,8 @@ def drill(args) -> tuple[list[str], int]:
     """Runs the drills; returns the table's rows and how many resumed bit-identical."""
     rng = random.Random(args.seed)
     scratch = tempfile.mkdtemp(prefix="drill_kill9_")
-    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": os.path.join(scratch, "jax_cache"),
+    cache = args.cache_dir or os.path.join(scratch, "jax_cache")
+    env = {**os.environ, "JAX_COMPILATION_CACHE_DIR": cache,
            "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
     os.environ.setdefault("JAX_PLATFORMS", "cpu")  # this process only reads checkpoints
@@ -162,6 +163,8 @@ def main(argv=None) -> int:
     parser.add_argument("--every", type=int, default=4, help="config.checkpoint.every_steps")
     parser.add_argument("--warmup", type=int, default=4, help="config.optim.warmup_steps")
     parser.add_argument("--seed", type=int, default=0, help="seed of the kill moments")
+    parser.add_argument("--cache-dir", default="", help="persistent compilation cache the runs "
+                        "share (default: a fresh one, removed at the end)")
     args, args.overrides = parser.parse_known_args(argv)  # the rest: --config.key=value
     print(HEADER, flush=True)
     rows, identical = drill(args)

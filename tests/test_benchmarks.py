@@ -50,7 +50,7 @@ def test_model_flops_formula_gpt2_small(bench_lm):
 
 
 @pytest.mark.slow
-def test_drill_kill9_resumes_bit_identically(tmp_path, capsys):
+def test_drill_kill9_resumes_bit_identically(tmp_path, capsys, jax_cache):
     """One drill of benchmarks/drill_kill9.py on the tiny config (the full N=20 quickstart run is
     in BENCHMARKS.md): killed at a random moment, the rerun ends as the straight run."""
     sys.path.insert(0, str(BENCH_DIR))
@@ -60,7 +60,7 @@ def test_drill_kill9_resumes_bit_identically(tmp_path, capsys):
         sys.path.remove(str(BENCH_DIR))
     config = Path(__file__).parent / "tiny_configs.py"
     status = drill.main(["--n", "1", "--config", str(config), "--steps", "8", "--every", "2",
-                         "--warmup", "2",
+                         "--warmup", "2", "--cache-dir", jax_cache,
                          f"--config.data.data_dir={tmp_path / 'tfds'}"])
     out = capsys.readouterr().out
     assert status == 0 and "1 of 1 drills resumed bit-identical" in out, out
