@@ -26,6 +26,12 @@ def _transformer_block(d, mlp, cross):
     return (2 + cross) * 2 * d + (1 + cross) * attn + (d * mlp + mlp) + (mlp * d + d)
 
 
+def _lstm_layer(d_in, h):
+    """Gates i, f, g, o: W_x [d_in, h], W_h [h, h] and one bias [h] each (Hochreiter &
+    Schmidhuber 1997, as flax and torch with b_ih + b_hh merged)."""
+    return 4 * (d_in * h + h * h + h)
+
+
 # name -> (kwargs, inputs (a function of the model), output shape, parameter count or None)
 ENTRIES = {
     "vit": (dict(num_classes=10, patch_size=4, hidden_size=32, depth=2, num_heads=4, mlp_dim=64),
@@ -45,6 +51,10 @@ ENTRIES = {
                    lambda: (jnp.ones((2, 9), jnp.int32),), (2, 9, 50),
                    # tied embedding + learned positions + blocks + final LayerNorm
                    50 * 32 + 16 * 32 + 2 * _transformer_block(32, 64, 0) + 2 * 32),
+    "lstm_lm": (dict(vocab_size=50, emb_dim=16, hidden_dim=24, num_layers=2),
+                lambda: (jnp.ones((2, 9), jnp.int32),), (2, 9, 50),
+                # embedding + per layer 4 gates x (input kernel + recurrent kernel + bias) + head
+                50 * 16 + _lstm_layer(16, 24) + _lstm_layer(24, 24) + 24 * 50 + 50),
 }
 
 

@@ -15,6 +15,7 @@ MODELS = {
     "unet": "attn_jax.models.unet:UNet",
     "transformer": "attn_jax.models.transformer_presets:encoder_decoder",
     "decoder_lm": "attn_jax.models.transformer_presets:decoder_lm",
+    "lstm_lm": "attn_jax.models.recurrent_lm:lstm_lm",
 }
 
 

@@ -37,6 +37,7 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("vocab", "tensor"),
     ("conv_out", "tensor"),
+    ("rnn_hidden", None),  # an RNN's state: split, the recurrence would gather it every step
 )
 
 
