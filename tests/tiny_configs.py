@@ -11,6 +11,7 @@ Kinds:
   diffusion       a one-level U-Net on the 8x8 digits, T = 50
   seq2seq         dates (3 locales) -> ISO with a 1+1-layer byte Transformer, 8 heads
   lm              a 1-layer byte GPT on `tiny_corpus(data_dir)`
+  lstm_lm         a 2-layer byte LSTM, stateful, truncated BPTT in chunks of 8 (same corpus)
 
 SGD (+momentum), not Adam, wherever runs on different meshes are compared: Adam divides by
 sqrt(v) and blows the float noise of zero-gradient parameters (attention key biases, the
@@ -141,8 +142,17 @@ def lm(data_dir: str) -> ml_collections.ConfigDict:
     return config
 
 
+def lstm_lm(data_dir: str) -> ml_collections.ConfigDict:
+    """The lm config with a stateful 2-layer byte LSTM (configs/lstm_stdlib.py's layout)."""
+    config = lm(data_dir)
+    config.data.update(stateful=True, tbptt_chunk=8)
+    config.model = dict(name="lstm_lm", emb_dim=16, hidden_dim=16, num_layers=2,
+                        dropout_rate=0.1)
+    return config
+
+
 KINDS = {"classification": classification, "process": process, "classifier": classifier,
-         "diffusion": diffusion, "seq2seq": seq2seq, "lm": lm}
+         "diffusion": diffusion, "seq2seq": seq2seq, "lm": lm, "lstm_lm": lstm_lm}
 TASK_KINDS = ("classification", "diffusion", "seq2seq", "lm")  # one per registered task
 
 
