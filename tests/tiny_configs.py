@@ -153,7 +153,7 @@ def lstm_lm(data_dir: str) -> ml_collections.ConfigDict:
 
 KINDS = {"classification": classification, "process": process, "classifier": classifier,
          "diffusion": diffusion, "seq2seq": seq2seq, "lm": lm, "lstm_lm": lstm_lm}
-TASK_KINDS = ("classification", "diffusion", "seq2seq", "lm")  # one per registered task
+TASK_KINDS = ("classification", "diffusion", "seq2seq", "lm", "lstm_lm")  # one per task (+ carry)
 
 
 def set_keys(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:
