@@ -16,6 +16,7 @@ import sys
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 import orbax.checkpoint as ocp
 import pytest
 
@@ -24,7 +25,7 @@ from attn_jax.data.tokenizers import EOS_ID, PAD_ID
 from attn_jax.models import build_model
 from attn_jax.tasks.lm import LanguageModelTask
 from attn_jax.tasks.tbptt import truncated_bptt
-from attn_jax.train.loop import plan_run
+from attn_jax.train.loop import CarryState, make_train_step, plan_run
 from attn_jax.train.restore import checkpoint_steps
 from tiny_configs import tiny_config
 from xla_env import xla_flags
@@ -195,6 +196,41 @@ def test_eval_tracks_cover_every_target_once_and_each_host_reads_its_rows():
     assert len(hosts[0]) == 1
     np.testing.assert_array_equal(np.concatenate([h[0]["inputs"] for h in hosts]),
                                   tracks[:, :-1])
+
+
+# ------------------------------------------------------------------ the trainer's carry
+class RunningSumTask:
+    """A carry of per-row running sums of x, and loss = mean((x @ w - y)^2) plus a term
+    that reads the carry (so a carry handed to the wrong row changes the loss)."""
+
+    def loss(self, params, batch, rng, step, carry=None):
+        err = batch["x"] @ params["w"] - batch["y"]
+        loss = jnp.mean(err ** 2) + jnp.mean(carry * batch["y"])
+        return loss, ({"carry_mean": jnp.mean(carry)}, carry + batch["x"].sum(-1))
+
+
+@pytest.mark.parametrize("accum", [1, 3])
+def test_the_trainer_hands_each_rows_carry_on_to_the_same_row(accum):
+    """Reference: the running sums and the SGD update in NumPy; with gradient accumulation the
+    carry is split into micro-batches of rows k, k + 3, ... and put back in row order."""
+    rng = np.random.default_rng(0)
+    tx, w = optax.sgd(0.1), np.ones(3, np.float32)
+    state = CarryState(step=jnp.zeros((), jnp.int32), params={"w": jnp.asarray(w)},
+                       opt_state=tx.init({"w": jnp.asarray(w)}), ema_params=None,
+                       rng=jax.random.PRNGKey(0), carry=jnp.zeros(12))
+    fn = jax.jit(make_train_step(RunningSumTask(), tx, optax.constant_schedule(0.1), accum, 0.0))
+    total = np.zeros(12)
+    for _ in range(2):
+        batch = {"x": rng.normal(size=(12, 3)).astype(np.float32),
+                 "y": rng.normal(size=12).astype(np.float32)}
+        want_loss = np.mean((batch["x"] @ w - batch["y"]) ** 2) + np.mean(total * batch["y"])
+        w = w - 0.1 * 2 / 12 * batch["x"].T @ (batch["x"] @ w - batch["y"])
+        total = total + batch["x"].sum(-1)
+        state, metrics = fn(state, batch)
+        np.testing.assert_allclose(metrics["loss"], want_loss, rtol=1e-5)
+        np.testing.assert_allclose(state.carry, total, rtol=1e-5)
+    np.testing.assert_allclose(state.params["w"], w, rtol=1e-5)
+    assert isinstance(state, CarryState) and int(state.step) == 2
 
 
 # ------------------------------------------------------------------ (e) kill and resume

@@ -121,8 +121,8 @@ class Task(abc.ABC):
         """The state this task carries from one train step to the next (a stateful LM's
         recurrent state), every array leaf leading with the global batch (it is sharded like
         a batch and checkpointed with the train state); None (the default): nothing. A task
-        that returns one takes it as `loss(..., carry=carry)` and returns
-        `(loss, (metrics, new_carry))`."""
+        that returns one is called as `loss(..., carry=carry)` by the trainer and returns
+        `(loss, (metrics, new_carry))` then (called without a carry: `(loss, metrics)`)."""
         return None
 
     @abc.abstractmethod

@@ -261,15 +261,16 @@ class LanguageModelTask(SequenceTask):
         return truncated_bptt(step, carry, xs, chunk)
 
     def loss(self, params, batch, rng, step, carry=None):
-        """(mean token loss, metrics); for a stateful LM `carry` is the state the previous
-        step left and the aux is (metrics, the new carry)."""
+        """(mean token loss, metrics). Given `carry` (a stateful LM's state that the previous
+        step left, as the trainer passes it), (mean token loss, (metrics, the new carry)); a
+        recurrent model without one starts from its zero state."""
         if self.recurrent:
-            carry, sums = self._chunk_sums(params, batch, carry, rng,
-                                           float(self.config.get("label_smoothing", 0.0)))
+            new_carry, sums = self._chunk_sums(params, batch, carry, rng,
+                                               float(self.config.get("label_smoothing", 0.0)))
             tokens = jnp.maximum(sums["count"].sum(), 1.0)
             metrics = {"token_accuracy": sums["correct"].sum() / tokens}
             loss = sums["row_nll"].sum() / tokens
-            return (loss, (metrics, carry)) if self.stateful else (loss, metrics)
+            return (loss, metrics) if carry is None else (loss, (metrics, new_carry))
         logits = self.model.apply({"params": params}, batch["inputs"],
                                   deterministic=False, rngs={"dropout": rng})
         weights = self._weights(batch)
