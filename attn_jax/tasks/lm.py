@@ -16,8 +16,8 @@ into batch_size tracks (`lm_windows.lm_track_dataset`: row r of step s + 1 conti
 step s), the state of the last step is kept in the train state (`init_carry`, the loss's new
 carry; checkpointed with it), and evaluation reads each split as batch_size contiguous tracks in
 one batch, the state carried from chunk to chunk of seq_len tokens along each track (from zero
-where each track begins), so every validation byte is predicted from all the text before it in
-its track, not from a 128-byte window.
+where each track begins), so every validation token is predicted from all the text before it
+in its track, not from a window of seq_len tokens.
 
 The loss evaluator reports per-token loss, perplexity = exp(loss) and bits per UTF-8 byte
 (`text.bits_per_byte`): the summed NLL over the split divided by ln 2 times the bytes its targets
