@@ -68,6 +68,10 @@ ENTRIES = {
                     (2, 7, 50),
                     # separate embeddings, a 2-layer bidirectional encoder of 8 per direction
                     _rnn_seq2seq_count("lstm", 50, 8, 16, 8, 2, 2, 12)),
+    "lstm_lm": (dict(vocab_size=50, emb_dim=16, hidden_dim=24, num_layers=2),
+                lambda: (jnp.ones((2, 9), jnp.int32),), (2, 9, 50),
+                # embedding + per layer 4 gates x (input kernel + recurrent kernel + bias) + head
+                50 * 16 + _cell("lstm", 16, 24) + _cell("lstm", 24, 24) + 24 * 50 + 50),
 }
 
 

@@ -13,6 +13,7 @@ Kinds:
   rnn_seq2seq     the same dates with the recurrent seq2seq (bidirectional LSTM, additive
                   attention; widths divisible by 8 devices)
   lm              a 1-layer byte GPT on `tiny_corpus(data_dir)`
+  lstm_lm         a 2-layer byte LSTM, stateful, truncated BPTT in chunks of 8 (same corpus)
 
 SGD (+momentum), not Adam, wherever runs on different meshes are compared: Adam divides by
 sqrt(v) and blows the float noise of zero-gradient parameters (attention key biases, the
@@ -150,11 +151,22 @@ def lm(data_dir: str) -> ml_collections.ConfigDict:
     return config
 
 
+def lstm_lm(data_dir: str) -> ml_collections.ConfigDict:
+    """The lm config with a stateful 2-layer byte LSTM (configs/lstm_stdlib.py's layout)."""
+    config = lm(data_dir)
+    config.data.update(stateful=True, tbptt_chunk=8)
+    config.model = dict(name="lstm_lm", emb_dim=16, hidden_dim=16, num_layers=2,
+                        dropout_rate=0.1)
+    return config
+
+
 KINDS = {"classification": classification, "process": process, "classifier": classifier,
-         "diffusion": diffusion, "seq2seq": seq2seq, "rnn_seq2seq": rnn_seq2seq, "lm": lm}
-# One per registered task, plus the recurrent seq2seq: a second model family (its state a
-# carry, its parameters named for the sharding table) through the same mesh and resume checks.
-TASK_KINDS = ("classification", "diffusion", "seq2seq", "rnn_seq2seq", "lm")
+         "diffusion": diffusion, "seq2seq": seq2seq, "rnn_seq2seq": rnn_seq2seq, "lm": lm,
+         "lstm_lm": lstm_lm}
+# One per registered task, plus the recurrent seq2seq and the stateful LSTM LM: model families
+# whose state is a carry (the LM's crosses steps in the train state), through the same mesh and
+# resume checks.
+TASK_KINDS = ("classification", "diffusion", "seq2seq", "rnn_seq2seq", "lm", "lstm_lm")
 
 
 def set_keys(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:

@@ -4,7 +4,11 @@ Two layouts, one convention (eos = 2 both starts and separates documents):
   * a stream `token_stream(texts)` = eos, doc_0, eos, doc_1, eos, ... (the stdlib corpus),
     read in training as random windows of seq_len + 1 tokens (`lm_train_dataset`) and in
     evaluation as stride-seq_len windows that cover every target once (`lm_eval_dataset`);
-  * one sentence per row, `[eos] + ids + [eos]` (lm1b, `sentence_lm_dataset`).
+  * one sentence per row, `[eos] + ids + [eos]` (lm1b, `sentence_lm_dataset`);
+  * a stream cut into `batch` parallel tracks for a stateful LM (`lm_track_dataset`): row r of
+    step s + 1 continues row r of step s, so a recurrent state carried across steps reads one
+    contiguous text; evaluation reads the split as `batch` tracks in one batch
+    (`lm_track_eval_dataset`), every target once.
 
 Batches are {'inputs', 'targets': int32 [b_local, seq_len], 'mask': float32 [b_local]}, targets
 = inputs shifted by one, pad 0; they come from `attn_jax.data.batcher`.
@@ -124,6 +128,76 @@ def lm_eval_dataset(stream: np.ndarray, *, seq_len: int, global_batch_size: int,
         return _lm_batch(np.where(real, windows[batch.indices], np.int32(PAD_ID)))
 
     return batcher.batched_dataset(len(windows), global_batch_size, collate, train=False,
+                                   process_index=process_index, process_count=process_count)
+
+
+def track_windows(stream: np.ndarray, seq_len: int, num_tracks: int,
+                  indices: np.ndarray) -> np.ndarray:
+    """int32 [len(indices), seq_len + 1]: the windows of `lm_track_dataset`'s global rows.
+
+    Global row k of step s (index s * num_tracks + k) is track k's s-th window: the stream cut
+    into num_tracks tracks of T = len(stream) // num_tracks tokens, track k starting at k * T and
+    reading seq_len new tokens per step, wrapping from the stream's end to its start (an eos to
+    an eos, a document boundary): stream[(k * T + s * seq_len + j) mod len(stream)], j <= seq_len.
+    Window s + 1 starts on the last token of window s.
+    """
+    n = len(stream)
+    step, track = np.divmod(np.asarray(indices, np.int64), num_tracks)
+    starts = (track * (n // num_tracks) + (step % n) * seq_len) % n
+    return np.asarray(stream, np.int32)[(starts[:, None] + np.arange(seq_len + 1)) % n]
+
+
+def check_tracks(num_stream_tokens: int, seq_len: int, num_tracks: int) -> None:
+    """ValueError unless every track is longer than one window (else rows would overlap)."""
+    if seq_len < 1 or num_tracks < 1 or num_stream_tokens // num_tracks <= seq_len:
+        raise ValueError(f"a stream of {num_stream_tokens} tokens cannot be cut into "
+                         f"{num_tracks} tracks (batch_size) of more than seq_len={seq_len} "
+                         "tokens each: lower batch_size or seq_len")
+
+
+def lm_track_dataset(stream: np.ndarray, *, seq_len: int, global_batch_size: int,
+                     process_index: int | None = None,
+                     process_count: int | None = None) -> grain.MapDataset:
+    """Endless {'inputs', 'targets'} int32 [b_local, seq_len] (+ 'mask', all 1): global row k
+    of step s is `track_windows` row (s, k), so row k of every step continues row k of the
+    step before. A pure function of (stream, step): resuming at step s reads what a straight
+    run reads; each process reads only its rows (`batcher.host_rows`)."""
+    stream = np.asarray(stream, np.int32)
+    check_tracks(len(stream), seq_len, global_batch_size)
+
+    def collate(batch: batcher.IndexBatch) -> batcher.Batch:
+        return _lm_batch(track_windows(stream, seq_len, global_batch_size, batch.indices))
+
+    return batcher.batched_dataset(batcher.ENDLESS, global_batch_size, collate, train=True,
+                                   order="sequential", process_index=process_index,
+                                   process_count=process_count)
+
+
+def eval_tracks(stream: np.ndarray, seq_len: int, num_tracks: int) -> np.ndarray:
+    """int32 [num_tracks, L + 1]: the stream as num_tracks consecutive tracks, L the smallest
+    multiple of seq_len with num_tracks * L >= len(stream) - 1, 0-padded. Track r's targets
+    `w[r, 1:]` are stream[1 + r * L : 1 + (r + 1) * L], so all targets cover stream[1:] exactly
+    once (as `eval_windows`' do) and a state carried along a track reads contiguous text."""
+    if seq_len < 1 or num_tracks < 1 or len(stream) < 2:
+        raise ValueError(f"need seq_len >= 1, num_tracks >= 1 and len(stream) >= 2; got "
+                         f"seq_len={seq_len}, num_tracks={num_tracks}, len(stream)={len(stream)}")
+    length = -(-(len(stream) - 1) // (num_tracks * seq_len)) * seq_len
+    padded = np.full(num_tracks * length + 1, PAD_ID, np.int32)
+    padded[:len(stream)] = stream
+    return padded[np.arange(num_tracks)[:, None] * length + np.arange(length + 1)]
+
+
+def lm_track_eval_dataset(stream: np.ndarray, *, seq_len: int, global_batch_size: int,
+                          process_index: int | None = None,
+                          process_count: int | None = None) -> grain.MapDataset:
+    """One batch: `eval_tracks(stream, seq_len, global_batch_size)` as {'inputs', 'targets'}
+    int32 [b_local, L], this process's rows; a stateful model scans it chunk by chunk."""
+    tracks = eval_tracks(np.asarray(stream, np.int32), seq_len, global_batch_size)
+
+    def collate(batch: batcher.IndexBatch) -> batcher.Batch:
+        return _lm_batch(tracks[batch.indices])
+
+    return batcher.batched_dataset(global_batch_size, global_batch_size, collate, train=False,
                                    process_index=process_index, process_count=process_count)
 
 

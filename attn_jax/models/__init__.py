@@ -16,6 +16,7 @@ MODELS = {
     "transformer": "attn_jax.models.transformer_presets:encoder_decoder",
     "decoder_lm": "attn_jax.models.transformer_presets:decoder_lm",
     "rnn_seq2seq": "attn_jax.models.recurrent:RNNSeq2Seq",
+    "lstm_lm": "attn_jax.models.recurrent_lm:lstm_lm",
 }
 
 

@@ -30,6 +30,14 @@ Decoder-only LM:
   `prompt_step_fn(params, prompt [b, P], *, max_len) -> (tokens_to_logits, cache, start [b])`
   `pad_id`.
 
+Recurrent LM (a decoder-only LM that can carry its state across calls: truncated BPTT, a
+stateful LM task):
+  `initial_carry(batch) -> carry`      a plain (`nn.nowrap`) method: the zero state, every array
+      leaf leading with the batch rows
+  `apply_with_carry(ids [b, t], carry, reset [b, t] bool or None, deterministic)
+      -> (logits [b, t, vocab], carry)`  continues `carry`; `reset` zeroes a row's state just
+      before the positions where it is True (a document starts there)
+
 Constructor fields a text model takes from the task (its data fixes them): `vocab_size`, and for
 encoder-decoders `pad_id` and `bos_id`.
 """
@@ -79,10 +87,19 @@ class DecoderOnlyModel(Protocol):
                        ) -> tuple[TokensToLogits, Any, Array]: ...
 
 
+@runtime_checkable
+class RecurrentLM(Protocol):
+    def initial_carry(self, batch: int) -> Any: ...
+
+    def apply_with_carry(self, ids: Array, carry: Any, reset: Array | None = None, *,
+                         deterministic: bool = True) -> tuple[Array, Any]: ...
+
+
 REQUIRED = {
     ImageEncoder: ("__call__", "features", "encode"),
     EncoderDecoderModel: ("encode", "decode", "decode_step_fn", "bos_id", "pad_id"),
     DecoderOnlyModel: ("__call__", "prompt_step_fn", "pad_id"),
+    RecurrentLM: ("initial_carry", "apply_with_carry"),
 }
 
 

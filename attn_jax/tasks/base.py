@@ -117,6 +117,14 @@ class Task(abc.ABC):
             raise ValueError(f"{where}: splits {bad} are not among {self.splits()}")
 
     # --- losses and metrics (all traced inside jit) --------------------------------------------
+    def init_carry(self) -> Any:
+        """The state this task carries from one train step to the next (a stateful LM's
+        recurrent state), every array leaf leading with the global batch (it is sharded like
+        a batch and checkpointed with the train state); None (the default): nothing. A task
+        that returns one is called as `loss(..., carry=carry)` by the trainer and returns
+        `(loss, (metrics, new_carry))` then (called without a carry: `(loss, metrics)`)."""
+        return None
+
     @abc.abstractmethod
     def loss(self, params: Any, batch: Batch, rng: jax.Array, step: jax.Array
              ) -> tuple[jax.Array, dict[str, jax.Array]]:

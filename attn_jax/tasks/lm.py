@@ -7,6 +7,18 @@
     the validation stream exactly once.
   * 'lm1b' (online): tfds `lm1b` as ArrayRecord in data_dir, one sentence per row; eval 'test'.
 
+A recurrent model (one implementing `protocols.RecurrentLM`, e.g. 'lstm_lm') trains with
+truncated BPTT (`attn_jax.tasks.tbptt`): each window is processed in chunks of
+`config.data.tbptt_chunk` tokens (0 = the whole window) with the state's gradient stopped between
+them, and its state restarts where a document starts (each eos input). With
+`config.data.stateful=True` (stdlib only) the state also crosses steps: the train stream is cut
+into batch_size tracks (`lm_windows.lm_track_dataset`: row r of step s + 1 continues row r of
+step s), the state of the last step is kept in the train state (`init_carry`, the loss's new
+carry; checkpointed with it), and evaluation reads each split as batch_size contiguous tracks in
+one batch, the state carried from chunk to chunk of seq_len tokens along each track (from zero
+where each track begins), so every validation token is predicted from all the text before it
+in its track, not from a window of seq_len tokens.
+
 The loss evaluator reports per-token loss, perplexity = exp(loss) and bits per UTF-8 byte
 (`text.bits_per_byte`): the summed NLL over the split divided by ln 2 times the bytes its targets
 stand for (`text.lm_target_bytes`), so byte- and SentencePiece-level models compare. The
@@ -26,11 +38,12 @@ import numpy as np
 from jax.experimental import multihost_utils
 
 from attn_jax import decoding
-from attn_jax.data import text
+from attn_jax.data import lm_windows, text
 from attn_jax.data.tokenizers import EOS_ID, PAD_ID
-from attn_jax.models.protocols import DecoderOnlyModel, check_implements
+from attn_jax.models.protocols import DecoderOnlyModel, RecurrentLM, check_implements
 from attn_jax.losses import cross_entropy_with_label_smoothing, smoothed_cross_entropy
 from attn_jax.tasks.sequence import SequenceTask, TokenizerConfig
+from attn_jax.tasks.tbptt import check_chunk, truncated_bptt
 
 DATASETS = ("stdlib", "lm1b")
 EVAL_SCALE = "bits_scale"  # eval-batch key: the split's tokens / (ln 2 * bytes), per row
@@ -47,6 +60,8 @@ class DataConfig(TokenizerConfig):
     validation_fraction: float = 0.05
     seed: int = 0
     data_dir: str = ""                   # lm1b: the tfds data dir
+    stateful: bool = False               # a recurrent model's state crosses steps (stdlib)
+    tbptt_chunk: int = 0                 # a recurrent model's BPTT chunk (0 = seq_len)
 
 
 class LanguageModelTask(SequenceTask):
@@ -63,6 +78,9 @@ class LanguageModelTask(SequenceTask):
         check_implements(self.model, DecoderOnlyModel, f"config.model.name="
                          f"{config.model.get('name')!r}")
         self.seq_len = int(self.data_cfg.seq_len)
+        self.recurrent = all(hasattr(type(self.model), n) for n in ("initial_carry",
+                                                                   "apply_with_carry"))
+        self.stateful = bool(self.data_cfg.stateful)
         self._texts: dict[str, Any] = {}
         self._streams: dict[str, np.ndarray] = {}
         self._scales: dict[str, float] = {}
@@ -73,10 +91,23 @@ class LanguageModelTask(SequenceTask):
 
     def validate(self) -> None:
         super().validate()
-        if self.seq_len < 1 or self.seq_len > self.max_len:
+        if self.seq_len < 1 or (self.max_len is not None and self.seq_len > self.max_len):
             raise ValueError(f"config.data.seq_len={self.seq_len} must be in [1, model.max_len="
                              f"{self.max_len}]")
         self.check_splits(self.eval_splits(), "config.data.eval_splits")
+        cfg, name = self.data_cfg, self.config.model.get("name")
+        if (self.stateful or cfg.tbptt_chunk) and not self.recurrent:
+            check_implements(self.model, RecurrentLM,
+                             f"config.data.stateful={cfg.stateful}, tbptt_chunk="
+                             f"{cfg.tbptt_chunk} need a model that carries a state, but "
+                             f"config.model.name={name!r}")
+        check_chunk(cfg.tbptt_chunk, self.seq_len, "config.data.tbptt_chunk")
+        if self.stateful:
+            if self.dataset != "stdlib":
+                raise ValueError(f"config.data.stateful=True reads a token stream in tracks: "
+                                 f"dataset 'stdlib' has one, {self.dataset!r} has sentences")
+            lm_windows.check_tracks(len(self.stream("train")), self.seq_len,
+                                    int(self.config.batch_size))
 
     def splits(self) -> tuple[str, ...]:
         return ("train", "validation") if self.dataset == "stdlib" else ("train", "test")
@@ -84,13 +115,13 @@ class LanguageModelTask(SequenceTask):
     def check_sample(self, prompt: str, length: int, where: str) -> None:
         """The prompt (with its leading eos) plus `length` new tokens must fit the model."""
         ids = self._prompt_ids(prompt)
-        if len(ids) - 1 + length > self.max_len:
+        if self.max_len is not None and len(ids) - 1 + length > self.max_len:
             raise ValueError(f"{where}: prompt ({len(ids)} tokens with the leading eos) plus "
                              f"length={length} exceeds model.max_len={self.max_len}")
 
     def default_evals(self) -> dict[str, dict[str, Any]]:
         return {"loss": {"type": "loss"},
-                "sample": {"type": "sample_text", "length": min(200, self.max_len - 1)}}
+                "sample": {"type": "sample_text", "length": min(200, (self.max_len or 201) - 1)}}
 
     # -- data -----------------------------------------------------------------------------------
     def texts(self, split: str) -> Any:
@@ -155,7 +186,12 @@ class LanguageModelTask(SequenceTask):
 
     def train_iterator(self, *, seed, process_index, process_count):
         batch = int(self.config.batch_size)
-        if self.dataset == "stdlib":
+        if self.stateful:
+            ds = lm_windows.lm_track_dataset(self.stream("train"), seq_len=self.seq_len,
+                                             global_batch_size=batch,
+                                             process_index=process_index,
+                                             process_count=process_count)
+        elif self.dataset == "stdlib":
             ds = text.lm_train_dataset(self.stream("train"), seq_len=self.seq_len,
                                        global_batch_size=batch, seed=seed,
                                        process_index=process_index, process_count=process_count)
@@ -168,7 +204,12 @@ class LanguageModelTask(SequenceTask):
 
     def eval_iterator(self, split, *, process_index, process_count):
         batch = int(self.config.batch_size)
-        if self.dataset == "stdlib":
+        if self.stateful:
+            ds = lm_windows.lm_track_eval_dataset(self.stream(split), seq_len=self.seq_len,
+                                                  global_batch_size=batch,
+                                                  process_index=process_index,
+                                                  process_count=process_count)
+        elif self.dataset == "stdlib":
             ds = text.lm_eval_dataset(self.stream(split), seq_len=self.seq_len,
                                       global_batch_size=batch, process_index=process_index,
                                       process_count=process_count)
@@ -188,7 +229,48 @@ class LanguageModelTask(SequenceTask):
     def _weights(self, batch):
         return ((batch["targets"] != PAD_ID) & (batch["mask"][:, None] > 0)).astype(jnp.float32)
 
-    def loss(self, params, batch, rng, step):
+    def init_carry(self) -> Any:
+        """The state a stateful LM carries across steps: the model's zero carry for the global
+        batch (every leaf [batch_size, ...]); None when not stateful."""
+        if not self.stateful:
+            return None
+        return self.model.initial_carry(int(self.config.batch_size))
+
+    def _chunk_sums(self, params, batch, carry, rng=None, label_smoothing=0.0):
+        """A recurrent model over `batch` in chunks (`truncated_bptt`), from `carry` (None: the
+        zero state), restarting at each eos input. Returns (carry, per-chunk sums: 'row_nll'
+        [n, b], 'correct' [n], 'count' [n]); with `rng`, dropout on (a key per chunk)."""
+        inputs = batch["inputs"]
+        xs = {"inputs": inputs, "targets": batch["targets"], "weights": self._weights(batch)}
+        if carry is None:
+            carry = self.model.initial_carry(inputs.shape[0])
+
+        def step(carry, xs_k, k):
+            kwargs = {} if rng is None else dict(deterministic=False, rngs={
+                "dropout": jax.random.fold_in(rng, k)})
+            logits, carry = self.model.apply(
+                {"params": params}, xs_k["inputs"], carry, xs_k["inputs"] == EOS_ID,
+                method="apply_with_carry", **kwargs)
+            w = xs_k["weights"]
+            nll = smoothed_cross_entropy(logits, xs_k["targets"], label_smoothing) * w
+            correct = ((logits.argmax(-1) == xs_k["targets"]) * w).sum()
+            return carry, {"row_nll": nll.sum(-1), "correct": correct, "count": w.sum()}
+
+        chunk = check_chunk(self.data_cfg.tbptt_chunk, self.seq_len) if rng is not None else (
+            self.seq_len)
+        return truncated_bptt(step, carry, xs, chunk)
+
+    def loss(self, params, batch, rng, step, carry=None):
+        """(mean token loss, metrics). Given `carry` (a stateful LM's state that the previous
+        step left, as the trainer passes it), (mean token loss, (metrics, the new carry)); a
+        recurrent model without one starts from its zero state."""
+        if self.recurrent:
+            new_carry, sums = self._chunk_sums(params, batch, carry, rng,
+                                               float(self.config.get("label_smoothing", 0.0)))
+            tokens = jnp.maximum(sums["count"].sum(), 1.0)
+            metrics = {"token_accuracy": sums["correct"].sum() / tokens}
+            loss = sums["row_nll"].sum() / tokens
+            return (loss, metrics) if carry is None else (loss, (metrics, new_carry))
         logits = self.model.apply({"params": params}, batch["inputs"],
                                   deterministic=False, rngs={"dropout": rng})
         weights = self._weights(batch)
@@ -200,6 +282,12 @@ class LanguageModelTask(SequenceTask):
     def eval_sums(self, params, batch):
         """Sums over real target tokens; 'count' = tokens. 'bits_per_byte' sums each row's NLL
         times the split's tokens / (ln 2 * bytes), so its mean over tokens is bits per byte."""
+        if self.recurrent:  # stateful: the tracks, the state carried chunk to chunk
+            _, sums = self._chunk_sums(params, batch, None)
+            row_nll, correct = sums["row_nll"].sum(0), sums["correct"].sum()
+            return {"loss": row_nll.sum(), "token_accuracy": correct,
+                    "bits_per_byte": (row_nll * batch[EVAL_SCALE]).sum(),
+                    "count": sums["count"].sum()}
         logits = self.model.apply({"params": params}, batch["inputs"])
         weights = self._weights(batch)
         row_nll = (smoothed_cross_entropy(logits, batch["targets"]) * weights).sum(-1)

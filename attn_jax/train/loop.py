@@ -51,6 +51,26 @@ class TrainState:
     rng: jax.Array   # raw uint32 key; step keys are fold_in(rng, step), so no RNG state to carry
 
 
+@flax.struct.dataclass
+class CarryState(TrainState):
+    """A TrainState that also holds what the task carries from one step to the next
+    (`task.init_carry()`, not None: a stateful LM's recurrent state), every leaf leading with
+    the global batch and sharded like a batch. A subclass rather than a field that is None for
+    the other tasks: orbax refuses to restore a checkpoint into a tree with a key it lacks, so
+    every run saved before stays restorable."""
+    carry: Any
+
+
+def _split_rows(x: jax.Array, accum: int) -> jax.Array:
+    """[b, ...] -> [accum, b / accum, ...]: micro-batch k takes rows k, k + accum, ..."""
+    return x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1)
+
+
+def _merge_rows(x: jax.Array) -> jax.Array:
+    """The inverse of `_split_rows`."""
+    return x.swapaxes(0, 1).reshape(x.shape[0] * x.shape[1], *x.shape[2:])
+
+
 # ------------------------------------------------------------------------------------ checks
 def total_steps(config: ml_collections.ConfigDict, task: Any) -> int:
     if config.get("total_steps"):
@@ -119,40 +139,50 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
                     groups: ParamGroups | None = None) -> Callable:
     """(state, batch) -> (state, metrics). Gradient accumulation scans over micro-batches.
 
+    A `CarryState` passes its carry to the task's loss (`task.loss(..., carry=carry)`, whose
+    aux is then (metrics, new carry)) and keeps the new one; no gradient crosses steps.
+
     The EMA of the parameters starts from the initial ones. With `ema_warmup`, update t (from 0)
     uses decay min(ema_decay, (1 + t) / (10 + t)) (TensorFlow's ExponentialMovingAverage with
     num_updates), so the initialisation fades within the first steps instead of lingering
     (plain 0.999 still keeps 0.999**3000 = 5% of it after 3000 steps)."""
 
-    def loss_of(params, batch, rng, step):
+    def loss_of(params, batch, rng, step, carry):
         if groups:  # frozen groups: no gradient computed for them at all
             params = groups.stop_frozen(params)
-        return task.loss(params, batch, rng, step)
+        if carry is None:
+            loss, metrics = task.loss(params, batch, rng, step)
+            return loss, (metrics, None)
+        return task.loss(params, batch, rng, step, carry=carry)
 
-    def grads_of(params, batch, rng, step):
-        return jax.value_and_grad(loss_of, has_aux=True)(params, batch, rng, step)
+    def grads_of(params, batch, rng, step, carry):
+        (loss, (metrics, carry)), grads = jax.value_and_grad(loss_of, has_aux=True)(
+            params, batch, rng, step, carry)
+        return ((loss, metrics), grads), carry
 
     def train_step(state: TrainState, batch: Mapping[str, jax.Array]):
         rng = jax.random.fold_in(state.rng, state.step)
+        carry = getattr(state, "carry", None)
         if accum == 1:
-            (loss, metrics), grads = grads_of(state.params, batch, rng, state.step)
+            ((loss, metrics), grads), carry = grads_of(state.params, batch, rng, state.step,
+                                                       carry)
         else:
             # Micro-batch k takes rows k, k+accum, ...: each device keeps its own rows (no
             # resharding), and the mean of equal-size micro-batch means is the full-batch mean.
-            micro = jax.tree.map(
-                lambda x: x.reshape(x.shape[0] // accum, accum, *x.shape[1:]).swapaxes(0, 1),
-                batch)
+            # A carry is split into the same rows and put back together after.
+            micro = jax.tree.map(lambda x: _split_rows(x, accum), (batch, carry))
 
-            def body(carry, inputs):
-                k, mb = inputs
-                out = grads_of(state.params, mb, jax.random.fold_in(rng, k), state.step)
-                return jax.tree.map(jnp.add, carry, out), None
+            def body(total, inputs):
+                k, (mb, mc) = inputs
+                out, mc = grads_of(state.params, mb, jax.random.fold_in(rng, k), state.step, mc)
+                return jax.tree.map(jnp.add, total, out), mc
 
             first = jax.tree.map(lambda x: x[0], micro)
             zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(
-                grads_of, state.params, first, rng, state.step))
-            total, _ = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
+                grads_of, state.params, first[0], rng, state.step, first[1])[0])
+            total, carries = jax.lax.scan(body, zeros, (jnp.arange(accum), micro))
             (loss, metrics), grads = jax.tree.map(lambda x: x / accum, total)
+            carry = jax.tree.map(_merge_rows, carries)
         updates, opt_state = tx.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ema = state.ema_params
@@ -164,8 +194,10 @@ def make_train_step(task: Any, tx: optax.GradientTransformation, schedule: optax
             ema = optax.incremental_update(params, ema, 1.0 - decay)
         metrics = {**metrics, "loss": loss, "learning_rate": schedule(state.step),
                    "grad_norm": optax.tree.norm(grads)}
-        return state.replace(step=state.step + 1, params=params, opt_state=opt_state,
-                             ema_params=ema), metrics
+        new = dict(step=state.step + 1, params=params, opt_state=opt_state, ema_params=ema)
+        if isinstance(state, CarryState):
+            new["carry"] = carry
+        return state.replace(**new), metrics
 
     return train_step
 
@@ -233,20 +265,27 @@ def _plan(config: ml_collections.ConfigDict, workdir: str, devices: list[jax.Dev
     groups = ParamGroups(config.optim.get("lr_mults", ()))
     initializer = Initializer.from_config(config)
 
+    init_carry = getattr(task, "init_carry", lambda: None)
+    carrying = jax.eval_shape(init_carry) is not None
+
     def init_state(rng: jax.Array) -> TrainState:
         """Parameters keep their logical-axis boxes here; `nn.unbox` strips them."""
         params = initializer.apply(task.init_params(jax.random.fold_in(rng, 0)))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params,
-                          opt_state=tx.init(nn.unbox(params)),
-                          ema_params=params if ema_decay else None, rng=rng)
+        fields = dict(step=jnp.zeros((), jnp.int32), params=params,
+                      opt_state=tx.init(nn.unbox(params)),
+                      ema_params=params if ema_decay else None, rng=rng)
+        return CarryState(**fields, carry=init_carry()) if carrying else TrainState(**fields)
 
     # Traced, not compiled: a model's shape errors surface here, before anything is written.
     abstract_boxed = jax.eval_shape(lambda: init_state(jax.random.PRNGKey(int(config.seed))))
     param_sh = shd.logical_shardings(abstract_boxed.params, mesh)
-    state_sh = TrainState(
+    fields_sh = dict(
         step=shd.NamedSharding(mesh, shd.P()), params=param_sh,
         opt_state=shd.optimizer_shardings(tx, abstract_boxed.opt_state, param_sh, mesh),
         ema_params=param_sh if ema_decay else None, rng=shd.NamedSharding(mesh, shd.P()))
+    state_sh = TrainState(**fields_sh) if not carrying else CarryState(
+        **fields_sh, carry=jax.tree.map(lambda x: shd.batch_sharding(mesh, x.ndim),
+                                        abstract_boxed.carry))  # split like the batch
     abstract = abstract_with_shardings(nn.unbox(abstract_boxed), state_sh)
     groups.check(abstract.params)
     n_params = sum(int(np.prod(x.shape)) for x in jax.tree.leaves(abstract.params))

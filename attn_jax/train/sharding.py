@@ -38,7 +38,8 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("vocab", "tensor"),
     ("conv_out", "tensor"),
-    ("rnn_hidden", "tensor"),  # a recurrent cell's gates / state (attn_jax.models.recurrent)
+    ("rnn_hidden", None),  # an RNN's state and gates (models/recurrent*.py): split, the recurrence
+                           # would gather it at every time step
 )
 
 
