@@ -105,7 +105,7 @@ def plot_heads(weights: np.ndarray, row_labels: Sequence[str], col_labels: Seque
     nrows = math.ceil(len(panels) / ncols)
     width, height = max(3.0, 0.18 * cols + 1.2), max(2.5, 0.18 * rows + 1.2)
     if heads == 1:  # one panel (a recurrent alignment), titled with the wrapped title
-        panels, ncols, nrows = [(textwrap.fill(title, int(width * 100 / 6)), weights[0])], 1, 1
+        panels, ncols, nrows = [(textwrap.fill(title, int(width * 100 / 8)), weights[0])], 1, 1
     fig, axes = plt.subplots(nrows, ncols, figsize=(ncols * width, nrows * height + 0.6),
                              squeeze=False)
     for ax in axes.flat[len(panels):]:
@@ -121,7 +121,7 @@ def plot_heads(weights: np.ndarray, row_labels: Sequence[str], col_labels: Seque
         fig.suptitle(title)
     with warnings.catch_warnings():  # a glyph the font lacks is drawn as a box, not an error
         warnings.simplefilter("ignore")
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")  # the whole title, whatever its length
     plt.close(fig)
 
 
