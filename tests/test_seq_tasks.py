@@ -424,3 +424,48 @@ def test_configs_build_their_models(name):
     build_evaluators(config, task)
     params = jax.eval_shape(task.init_params, jax.random.PRNGKey(0))
     assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(params)) > 0
+
+
+def test_compare_seq2seq_table_and_length_buckets(runs, tmp_path, capsys):
+    """benchmarks/compare_seq2seq.py on a trained run under two names: one table row each with
+    the run's parameter count, the per-length table's counts are the sources' UTF-8 lengths
+    bucketed by hand, its exact match averages (weighted) to the overall one, the PNG is
+    written; runs on different data are refused."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location(
+        "compare_seq2seq", os.path.join(ROOT, "benchmarks", "compare_seq2seq.py"))
+    compare = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(compare)
+    workdir, state, _ = runs["seq2seq"]
+    png = tmp_path / "by_length.png"
+    assert compare.main(["--run", f"a={workdir}", "--run", f"b={workdir}", "--max-examples",
+                         "24", "--bucket-bytes", "8", "--plot", str(png)]) == 0
+    out = capsys.readouterr().out
+    tables = [[[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()
+               if line.startswith("| ") and not line.startswith("| run")
+               and not line.startswith("| source")] for block in out.split("\n\n")[:2]]
+    main_rows, length_rows = tables
+    n_params = sum(np.size(x) for x in jax.tree.leaves(state.params))
+    assert [r[0] for r in main_rows] == ["a", "b"] and main_rows[0][2] == f"{n_params:,}"
+    assert main_rows[0][1:] == main_rows[1][1:]
+    task = tasks.get_task("seq2seq")(tiny_seq2seq_config(""))
+    lengths = [len(s.encode()) for s, _ in task.decode_pairs("test", 24)]
+    want = {}
+    for n in lengths:
+        want[n // 8] = want.get(n // 8, 0) + 1
+    assert [(r[0], int(r[1])) for r in length_rows] == [
+        (f"{8 * k}-{8 * k + 7}", c) for k, c in sorted(want.items())]
+    overall = float(main_rows[0][5].rstrip("%"))
+    weighted = sum(int(r[1]) * float(r[2].rstrip("%")) for r in length_rows) / len(lengths)
+    assert abs(weighted - overall) < 0.1 * len(length_rows)  # per-bucket rounding to 0.1%
+    with Image.open(png) as image:
+        assert image.format == "PNG"
+    other = tmp_path / "other"
+    shutil.copytree(workdir, other)
+    config = json.load(open(other / "config.json"))
+    config["data"]["seed"] = 1
+    json.dump(config, open(other / "config.json", "w"))
+    with pytest.raises(SystemExit, match="different data"):
+        compare.main(["--run", f"a={workdir}", "--run", f"c={other}", "--max-examples", "4"])
