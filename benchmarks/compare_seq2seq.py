@@ -63,12 +63,13 @@ def evaluate(workdir: str, split: str, max_examples: int) -> dict[str, Any]:
 
     from attn_jax.eval import text_metrics
     from attn_jax.tasks import get_task
-    from attn_jax.train.restore import load_config, load_params
+    from attn_jax.train.restore import checkpoint_steps, load_config, load_params
 
     config = load_config(workdir)
     if config.task != "seq2seq":
         raise ValueError(f"{workdir} holds a {config.task!r} run, not a seq2seq run")
-    step, params = load_params(workdir)
+    step = max(checkpoint_steps(workdir))
+    _, params = load_params(workdir, step)
     task = get_task("seq2seq")(config)
     task.workdir = workdir  # a SentencePiece model loads from here
     pairs = task.decode_pairs(split, max_examples)

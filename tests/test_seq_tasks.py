@@ -443,10 +443,10 @@ def test_compare_seq2seq_table_and_length_buckets(runs, tmp_path, capsys):
     assert compare.main(["--run", f"a={workdir}", "--run", f"b={workdir}", "--max-examples",
                          "24", "--bucket-bytes", "8", "--plot", str(png)]) == 0
     out = capsys.readouterr().out
-    tables = [[[c.strip() for c in line.strip("|").split("|")] for line in block.splitlines()
-               if line.startswith("| ") and not line.startswith("| run")
-               and not line.startswith("| source")] for block in out.split("\n\n")[:2]]
-    main_rows, length_rows = tables
+    main, lengths_table = (out[out.index(head):] for head in ("| run |", "| source bytes |"))
+    main_rows, length_rows = ([[c.strip() for c in line.strip("|").split("|")]
+                               for line in table.split("\n\n")[0].splitlines()[2:]]
+                              for table in (main, lengths_table))
     n_params = sum(np.size(x) for x in jax.tree.leaves(state.params))
     assert [r[0] for r in main_rows] == ["a", "b"] and main_rows[0][2] == f"{n_params:,}"
     assert main_rows[0][1:] == main_rows[1][1:]
