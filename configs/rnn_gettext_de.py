@@ -9,7 +9,10 @@ the same data.
         --run additive=runs/rnn_gettext_de --run none=runs/rnn_gettext_de_none \
         --plot docs/gettext_accuracy_by_length.png
 
-The argument is rnn_dates.py's `ATTENTION[,CELL]`. Results: BENCHMARKS.md.
+The argument is rnn_dates.py's `ATTENTION[,CELL]`. Measured (2026-12-02, 2-core CPU, 1800 steps):
+additive attention, 1,298,819 parameters, 35 min wall sharing the CPU: test BLEU 18.57, exact
+match 13.99% on the 1072 test strings; `:none`, 7 min alone: BLEU 4.91, 2.24%. The Transformer
+config at the same schedule: BLEU 3.72. Tables and the by-length plot: BENCHMARKS.md.
 """
 
 import os
