@@ -142,3 +142,107 @@ def test_gpu_suite_refuses_without_gpu():
     proc = subprocess.run(["bash", str(BENCH_DIR / "gpu_suite.sh")], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2 and "needs an NVIDIA GPU" in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------- benchmarks/long_range.py
+@pytest.fixture(scope="module")
+def long_range():
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        yield importlib.import_module("long_range")
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+def test_adding_batch_matches_its_definition(long_range):
+    """One marker in each half, values in [0, 1), target = the sum of the two marked values, and
+    predicting 1 scores E[(U1 + U2 - 1)^2] = Var(U1 + U2) + (E[U1 + U2] - 1)^2 = 2/12 + 0 = 1/6."""
+    import jax
+    import numpy as np
+
+    n, length = 4000, 51  # odd: halves [0, 25) and [25, 51)
+    x, y = map(np.asarray, long_range.adding_batch(jax.random.PRNGKey(0), n, length))
+    values, markers = x[..., 0], x[..., 1]
+    assert x.shape == (n, length, 2) and y.shape == (n,)
+    assert set(np.unique(markers)) == {0.0, 1.0}
+    assert (markers[:, :25].sum(1) == 1).all() and (markers[:, 25:].sum(1) == 1).all()
+    assert ((values >= 0) & (values < 1)).all()
+    first, second = markers[:, :25].argmax(1), 25 + markers[:, 25:].argmax(1)
+    rows = np.arange(n)
+    np.testing.assert_allclose(y, values[rows, first] + values[rows, second], rtol=1e-6)
+    # Both marker positions cover their halves (not pinned to one step).
+    assert len(np.unique(first)) == 25 and len(np.unique(second)) == 26
+    # (S - 1) is triangular on [-1, 1]: E[(S-1)^4] = 1/15, so sd of (S-1)^2 = sqrt(1/15 - 1/36).
+    se = np.sqrt(1 / 15 - 1 / 36) / np.sqrt(n)
+    assert abs(((y - 1) ** 2).mean() - 1 / 6) < 4 * se
+    assert abs(long_range.BASELINE_MSE - 1 / 6) < 1e-12
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_input_grad_norm_at_t1_is_one_cell_step(long_range, cell):
+    """At T = 1 the model is head(cell(0, x)): dL/dx = 2 (f(x) - y) w_head^T (d h / d x), with
+    d h / d x the jax.jacobian of one step of flax's cell (recurrent.make_cell) by itself."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from attn_jax.models.recurrent import make_cell
+
+    model = long_range.AddingModel(cell, hidden=5)
+    params = long_range.init_params(model, jax.random.PRNGKey(1), 1)
+    leaves, tree = jax.tree.flatten(params)  # nonzero biases too, so every term counts
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    params = tree.unflatten([p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    x = jax.random.normal(jax.random.PRNGKey(3), (3, 1, 2))
+    y = jnp.array([0.5, 1.0, 1.7])
+    got = jax.jit(long_range.input_grad_norms, static_argnums=0)(model, params, x, y)
+
+    step = make_cell(cell, 5, parent=None)
+    cell_params = {"params": params["encoder"]["layer_0"]["cell"]}
+    carry = step.initialize_carry(jax.random.PRNGKey(0), (2,))
+    w, b = params["head"]["kernel"][:, 0], params["head"]["bias"][0]
+
+    @jax.jit
+    @jax.vmap
+    def expected(xi, yi):  # one example: xi [2], yi []
+        def hidden(v):
+            return step.apply(cell_params, carry, v)[1]
+
+        grad = 2 * (hidden(xi) @ w + b - yi) * (w @ jax.jacobian(hidden)(xi))
+        return jnp.linalg.norm(grad)
+
+    assert got.shape == (3, 1)
+    np.testing.assert_allclose(np.asarray(got[:, 0]), expected(x[:, 0], y), rtol=1e-5)
+
+
+@pytest.mark.parametrize("task", ["adding", "gradnorm"])
+def test_long_range_quick_table(long_range, task, tmp_path, capsys):
+    """long_range.py <task> --quick: a markdown table with one row per cell, finite numbers,
+    and the PNG written."""
+    import math
+
+    png = tmp_path / f"{task}.png"
+    long_range.main([task, "--quick", "--png", str(png)])
+    out = capsys.readouterr().out
+    lines = [line for line in out.splitlines() if line.startswith("| ")]
+    head = [c.strip() for c in lines[0].strip("|").split("|")]
+    rows = _table(out)
+    assert [r[0] for r in rows] == ["rnn", "lstm", "gru"], out
+    assert all(len(r) == len(head) and r[1] == "6" for r in rows), out
+    if task == "adding":
+        assert head[:7] == ["cell", "T", "steps", "params", "test MSE", "baseline MSE", "solved"]
+        for r in rows:
+            cells = dict(zip(head, r))
+            assert cells["steps"] == "20" and cells["solved"] in ("yes", "no"), r
+            assert math.isfinite(float(cells["test MSE"])) and 0 < float(cells["baseline MSE"])
+        # hidden 8, 2 inputs, head 8 + 1. tanh RNN: one [2, 8] + [8, 8] + bias; LSTM: four
+        # of those; flax's GRU: three input kernels with biases, three recurrent kernels, of
+        # which only the candidate's (hn) has a bias.
+        rnn, lstm, gru = 2 * 8 + 8 * 8 + 8, 4 * (2 * 8 + 8 * 8 + 8), 3 * (2 * 8 + 8 * 8 + 8) + 8
+        assert [int(r[3].replace(",", "")) for r in rows] == [rnn + 9, lstm + 9, gru + 9]
+    else:
+        assert head[:5] == ["cell", "T", "grad norm at x_T", "grad norm at x_1",
+                         "ratio x_1/x_T"]
+        for r in rows:
+            assert all(float(v) > 0 and math.isfinite(float(v)) for v in r[2:5]), r
+    assert png.stat().st_size > 1000
