@@ -1,10 +1,10 @@
 """Long-range diagnostics of the recurrent cells (issue 12): the adding problem, and the gradient
 of the loss w.r.t. each input step (vanishing gradients), for the tanh RNN, the LSTM and the GRU.
 
-    python benchmarks/long_range.py adding                   # T=100, the three cells, PNG
-    python benchmarks/long_range.py adding --lengths 100,200 --steps 6000
-    python benchmarks/long_range.py gradnorm                 # T=100, at init, PNG
-    python benchmarks/long_range.py adding --quick           # tiny sizes (the test's run)
+    python benchmarks/long_range.py adding          # T=100, the three cells: table, PNG, JSON
+    python benchmarks/long_range.py gradnorm --trained docs/adding_problem.json  # init + trained
+    python benchmarks/long_range.py adding --lengths 100,200 --steps 8000
+    python benchmarks/long_range.py adding --quick  # tiny sizes, seconds (the test's run)
 
 The adding problem (Hochreiter & Schmidhuber 1997, sec. 5.4; the setup of Le et al. 2015,
 arXiv:1504.00941, sec. 4.1): inputs `[batch, T, 2]`, channel 0 a value drawn from U(0, 1) at
@@ -22,14 +22,17 @@ the test MSE is on one fixed held-out batch. The same hyper-parameters for every
 gradnorm: ||d loss_i / d x_{i,t}|| (the per-example squared error of the model's final output
 against its adding target, the norm over the 2 input features), averaged over a batch of adding
 sequences and over several initialisations, plotted on a log axis against the distance T - t;
-the table gives the ratio ||dL/dx_1|| / ||dL/dx_T||. The adding table carries the same ratio of
-each trained model.
+the table gives the ratio ||dL/dx_1|| / ||dL/dx_T||. Rows: each cell at initialisation, the LSTM
+at initialisation with its forget-gate bias set to 1 (Gers et al. 2000; Jozefowicz et al. 2015:
+the repo's zero bias starts the forget gate at 1/2, which halves the cell memory each step), and,
+with --trained, each model the adding run trained (its JSON holds their gradient norms).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import os
 import tempfile
 import time
@@ -149,7 +152,7 @@ def train_adding(cell: str, length: int, args: argparse.Namespace) -> dict[str, 
     return {"cell": cell, "T": length, "steps": curve[-1][0], "params": param_count(params),
             "mse": curve[-1][1], "baseline": float(((np.asarray(test_y) - 1.0) ** 2).mean()),
             "solved_at": solved_at, "ratio": float(norms[0] / norms[-1]), "wall": wall,
-            "curve": curve}
+            "curve": curve, "grad_norms": np.asarray(norms).tolist()}
 
 
 def adding(args: argparse.Namespace) -> list[dict[str, Any]]:
@@ -169,7 +172,10 @@ def adding(args: argparse.Namespace) -> list[dict[str, Any]]:
                   f"{r['solved_at'] if r['solved_at'] is not None else '-'} | "
                   f"{r['ratio']:.2e} | {r['wall']:.1f} |", flush=True)
     _plot_adding(rows, args.png)
-    print(f"\nwrote {args.png}")
+    with open(args.json, "w") as f:  # the curves, and the trained models' gradient norms
+        json.dump({"args": {k: v for k, v in vars(args).items() if k not in ("png", "json")},
+                   "rows": rows}, f, indent=1)
+    print(f"\nwrote {args.png} and {args.json}")
     return rows
 
 
@@ -192,42 +198,87 @@ def _plot_adding(rows: list[dict[str, Any]], path: str) -> None:
 
 
 # ------------------------------------------------------------------------------- gradnorm
-def gradnorm_curves(cell: str, length: int, args: argparse.Namespace) -> np.ndarray:
-    """`[T]`: ||dL/dx_t|| averaged over a batch of adding sequences and `args.seeds` inits."""
+def with_forget_bias(params: Any, bias: float) -> Any:
+    """LSTM parameters with the forget gate's bias set to `bias` (flax's OptimizedLSTMCell keeps
+    it on the recurrent kernel 'hf'; the repo initialises it to 0, so f = sigmoid(0) = 1/2)."""
+    cell = dict(params["encoder"]["layer_0"]["cell"])
+    cell["hf"] = {**cell["hf"], "bias": jnp.full_like(cell["hf"]["bias"], bias)}
+    return {**params, "encoder": {"layer_0": {"cell": cell}}}
+
+
+def gradnorm_curve(cell: str, length: int, args: argparse.Namespace,
+                   forget_bias: float | None = None) -> np.ndarray:
+    """`[T]`: ||dL/dx_t|| at initialisation, averaged over a batch of adding sequences and
+    `args.seeds` initialisations (the LSTM's forget bias set to `forget_bias` if given)."""
     model = AddingModel(cell, args.hidden)
     x, y = adding_batch(jax.random.PRNGKey(10_000 + args.seed), args.grad_batch, length)
-    return np.mean([mean_input_grad_norms(model, init_params(model, jax.random.PRNGKey(s),
-                                                             length), x, y)
-                    for s in range(args.seed, args.seed + args.seeds)], axis=0)
+    curves = []
+    for seed in range(args.seed, args.seed + args.seeds):
+        params = init_params(model, jax.random.PRNGKey(seed), length)
+        if forget_bias is not None:
+            params = with_forget_bias(params, forget_bias)
+        curves.append(mean_input_grad_norms(model, params, x, y))
+    return np.mean(curves, axis=0)
 
 
-def gradnorm(args: argparse.Namespace) -> dict[str, np.ndarray]:
-    print(f"Norm of dL/dx_t at initialisation: hidden {args.hidden}, mean over {args.grad_batch} "
-          f"adding sequences and {args.seeds} initialisations (seeds {args.seed}.."
-          f"{args.seed + args.seeds - 1}); L = (f(x) - y)^2 of the final output\n")
-    print(header(["cell", "T", "grad norm at x_T", "grad norm at x_1", "ratio x_1/x_T",
+def gradnorm(args: argparse.Namespace) -> dict[tuple[str, str, int], np.ndarray]:
+    trained = None
+    if args.trained:
+        with open(args.trained) as f:
+            trained = json.load(f)
+    print(f"Norm of dL/dx_t, L = (f(x) - y)^2 of the final output on adding sequences; at "
+          f"initialisation: hidden {args.hidden}, mean over {args.grad_batch} sequences and "
+          f"{args.seeds} initialisations (seeds {args.seed}..{args.seed + args.seeds - 1})"
+          + (f"; trained: the models of {args.trained} on {trained['args']['grad_batch']} of "
+             "its test sequences" if trained else "") + "\n")
+    print(header(["cell", "state", "T", "grad norm at x_T", "grad norm at x_1", "ratio x_1/x_T",
                   "wall s"]))
+    runs = [(cell, "init", None) for cell in args.cells]
+    if args.forget_bias is not None and "lstm" in args.cells:
+        runs.append(("lstm", f"init, forget bias {args.forget_bias:g}", args.forget_bias))
     curves = {}
     for length in args.lengths:
-        for cell in args.cells:
+        for cell, state, bias in runs:
             start = time.perf_counter()
-            c = gradnorm_curves(cell, length, args)
-            curves[(cell, length)] = c
-            print(f"| {cell} | {length} | {c[-1]:.3e} | {c[0]:.3e} | {c[0] / c[-1]:.2e} | "
-                  f"{time.perf_counter() - start:.1f} |", flush=True)
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6.5, 4.2))
-    for (cell, length), c in curves.items():
-        label = cell if len(args.lengths) == 1 else f"{cell}, T = {length}"
-        ax.plot(np.arange(length)[::-1], c, label=label)  # x_t sits T - t steps before the end
-    ax.set_yscale("log")
-    ax.set(xlabel="distance T - t to the final output", ylabel="||dL / dx_t|| (mean)",
-           title=f"gradient w.r.t. the input at init (hidden {args.hidden})")
-    ax.legend()
-    fig.tight_layout()
-    _save(fig, args.png)
+            curves[(cell, state, length)] = gradnorm_curve(cell, length, args, bias)
+            _gradnorm_row(cell, state, length, curves[(cell, state, length)],
+                          time.perf_counter() - start)
+    if trained:
+        steps = trained["args"]["steps"]
+        for r in trained["rows"]:
+            if r["T"] in args.lengths and r["cell"] in args.cells:
+                state = f"trained ({steps} steps, test MSE {r['mse']:.3f})"
+                curves[(r["cell"], state, r["T"])] = np.asarray(r["grad_norms"])
+                _gradnorm_row(r["cell"], state, r["T"], curves[(r["cell"], state, r["T"])])
+    _plot_gradnorm(curves, args)
     print(f"\nwrote {args.png}")
     return curves
+
+
+def _gradnorm_row(cell: str, state: str, length: int, c: np.ndarray, wall: float | None = None):
+    print(f"| {cell} | {state} | {length} | {c[-1]:.3e} | {c[0]:.3e} | {c[0] / c[-1]:.2e} | "
+          f"{'-' if wall is None else f'{wall:.1f}'} |", flush=True)
+
+
+def _plot_gradnorm(curves: dict[tuple[str, str, int], np.ndarray], args) -> None:
+    plt = _pyplot()
+    panels = ["init"] + (["trained"] if args.trained else [])
+    fig, axes = plt.subplots(1, len(panels), figsize=(6.5 * len(panels), 4.5), squeeze=False,
+                             sharey=True)
+    for ax, panel in zip(axes[0], panels):
+        for (cell, state, length), c in curves.items():
+            if state.startswith(panel):
+                label = cell + state[len(panel):].replace("init, ", ", ")
+                label += "" if len(args.lengths) == 1 else f", T = {length}"
+                # x_t sits T - t steps before the output: x_T at distance 0, x_1 at T - 1.
+                ax.plot(np.arange(length)[::-1], c, label=label)
+        ax.set_yscale("log")
+        ax.set(xlabel="distance T - t to the final output", ylabel="||dL / dx_t|| (mean)",
+               title={"init": f"at initialisation (hidden {args.hidden})",
+                      "trained": "after training on the adding problem"}[panel])
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    _save(fig, args.png)
 
 
 # ---------------------------------------------------------------------------------- helpers
@@ -257,8 +308,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--cells", type=lambda s: s.split(","), default=list(CELLS))
     parser.add_argument("--lengths", type=lambda s: [int(v) for v in s.split(",")],
                         default=[100], help="sequence lengths T, comma-separated")
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=3000, help="adding: training steps")
+    parser.add_argument("--hidden", type=int, default=64)
+    parser.add_argument("--steps", type=int, default=5000, help="adding: training steps")
     parser.add_argument("--eval-every", type=int, default=100)
     parser.add_argument("--batch", type=int, default=64)
     parser.add_argument("--lr", type=float, default=1e-3)
@@ -268,7 +319,15 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
                         help="sequences the gradient norms are averaged over")
     parser.add_argument("--seeds", type=int, default=5, help="gradnorm: initialisations")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--png", default=None, help="figure path (default docs/<task>.png)")
+    parser.add_argument("--forget-bias", type=float, default=1.0,
+                        help="gradnorm: also the LSTM at init with this forget-gate bias")
+    parser.add_argument("--trained", default=None,
+                        help="gradnorm: the JSON an adding run wrote; adds its trained models")
+    parser.add_argument("--png", default=None,
+                        help="figure path (default docs/adding_problem.png, "
+                             "docs/gradient_norms.png)")
+    parser.add_argument("--json", default=None,
+                        help="adding: curves and gradient norms (default: the PNG's path, .json)")
     parser.add_argument("--quick", action="store_true", help="tiny sizes, seconds (tests)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -283,6 +342,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     # --quick never overwrites the recorded figures in docs/.
     args.png = args.png or (os.path.join(tempfile.gettempdir(), f"{name}_quick.png") if args.quick
                             else os.path.join(ROOT, "docs", f"{name}.png"))
+    args.json = args.json or os.path.splitext(args.png)[0] + ".json"
     return args
 
 

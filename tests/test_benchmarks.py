@@ -215,34 +215,44 @@ def test_input_grad_norm_at_t1_is_one_cell_step(long_range, cell):
     np.testing.assert_allclose(np.asarray(got[:, 0]), expected(x[:, 0], y), rtol=1e-5)
 
 
-@pytest.mark.parametrize("task", ["adding", "gradnorm"])
-def test_long_range_quick_table(long_range, task, tmp_path, capsys):
-    """long_range.py <task> --quick: a markdown table with one row per cell, finite numbers,
-    and the PNG written."""
+def test_long_range_quick_tables(long_range, tmp_path, capsys):
+    """long_range.py adding --quick, then gradnorm --quick --trained on the adding run's JSON:
+    markdown tables with one row per cell (gradnorm: per cell at init, the LSTM with forget
+    bias 1, and per trained cell), finite numbers, the PNGs written."""
+    import json
     import math
 
-    png = tmp_path / f"{task}.png"
-    long_range.main([task, "--quick", "--png", str(png)])
-    out = capsys.readouterr().out
-    lines = [line for line in out.splitlines() if line.startswith("| ")]
-    head = [c.strip() for c in lines[0].strip("|").split("|")]
-    rows = _table(out)
-    assert [r[0] for r in rows] == ["rnn", "lstm", "gru"], out
-    assert all(len(r) == len(head) and r[1] == "6" for r in rows), out
-    if task == "adding":
-        assert head[:7] == ["cell", "T", "steps", "params", "test MSE", "baseline MSE", "solved"]
-        for r in rows:
-            cells = dict(zip(head, r))
-            assert cells["steps"] == "20" and cells["solved"] in ("yes", "no"), r
-            assert math.isfinite(float(cells["test MSE"])) and 0 < float(cells["baseline MSE"])
-        # hidden 8, 2 inputs, head 8 + 1. tanh RNN: one [2, 8] + [8, 8] + bias; LSTM: four
-        # of those; flax's GRU: three input kernels with biases, three recurrent kernels, of
-        # which only the candidate's (hn) has a bias.
-        rnn, lstm, gru = 2 * 8 + 8 * 8 + 8, 4 * (2 * 8 + 8 * 8 + 8), 3 * (2 * 8 + 8 * 8 + 8) + 8
-        assert [int(r[3].replace(",", "")) for r in rows] == [rnn + 9, lstm + 9, gru + 9]
-    else:
-        assert head[:5] == ["cell", "T", "grad norm at x_T", "grad norm at x_1",
-                         "ratio x_1/x_T"]
-        for r in rows:
-            assert all(float(v) > 0 and math.isfinite(float(v)) for v in r[2:5]), r
-    assert png.stat().st_size > 1000
+    def run(task, *flags):
+        png = tmp_path / f"{task}.png"
+        long_range.main([task, "--quick", "--png", str(png), *flags])
+        out = capsys.readouterr().out
+        lines = [line for line in out.splitlines() if line.startswith("| ")]
+        head = [c.strip() for c in lines[0].strip("|").split("|")]
+        rows = _table(out)
+        assert all(len(r) == len(head) for r in rows) and png.stat().st_size > 1000, out
+        return head, rows, out
+
+    head, rows, out = run("adding")
+    assert head[:7] == ["cell", "T", "steps", "params", "test MSE", "baseline MSE", "solved"]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(c, "6", "20") for c in ("rnn", "lstm", "gru")]
+    for r in rows:
+        cells = dict(zip(head, r))
+        assert math.isfinite(float(cells["test MSE"])) and 0 < float(cells["baseline MSE"]), r
+        assert cells["solved"] in ("yes", "no") and float(cells[head[8]]) > 0, r
+    # hidden 8, 2 inputs, head 8 + 1. tanh RNN: one [2, 8] + [8, 8] + bias; LSTM: four of
+    # those; flax's GRU: three input kernels with biases, three recurrent kernels, of which
+    # only the candidate's (hn) has a bias.
+    rnn, lstm, gru = 2 * 8 + 8 * 8 + 8, 4 * (2 * 8 + 8 * 8 + 8), 3 * (2 * 8 + 8 * 8 + 8) + 8
+    assert [int(r[3].replace(",", "")) for r in rows] == [rnn + 9, lstm + 9, gru + 9]
+    saved = json.loads((tmp_path / "adding.json").read_text())
+    assert [len(r["grad_norms"]) for r in saved["rows"]] == [6, 6, 6]
+
+    head, rows, out = run("gradnorm", "--trained", str(tmp_path / "adding.json"))
+    assert head[:6] == ["cell", "state", "T", "grad norm at x_T", "grad norm at x_1",
+                        "ratio x_1/x_T"], head
+    assert [(r[0], r[1].split(" (")[0]) for r in rows] == [
+        ("rnn", "init"), ("lstm", "init"), ("gru", "init"), ("lstm", "init, forget bias 1"),
+        ("rnn", "trained"), ("lstm", "trained"), ("gru", "trained")], out
+    for r in rows:
+        x_t, x_1, ratio = map(float, r[3:6])
+        assert x_t > 0 and x_1 > 0 and math.isclose(ratio, x_1 / x_t, rel_tol=0.02), r
