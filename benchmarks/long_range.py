@@ -34,6 +34,7 @@ import argparse
 import functools
 import json
 import os
+import sys
 import tempfile
 import time
 from typing import Any, Sequence
@@ -145,6 +146,9 @@ def train_adding(cell: str, length: int, args: argparse.Namespace) -> dict[str, 
     for first in range(0, args.steps, args.eval_every):
         params, opt, _ = train_chunk(params, opt, first)
         curve.append((first + args.eval_every, float(test_mse(params))))
+        if curve[-1][0] % 1000 == 0:  # progress on stderr; the table goes to stdout
+            print(f"  {cell} T={length} step {curve[-1][0]}: test MSE {curve[-1][1]:.4f} "
+                  f"({time.perf_counter() - start:.0f} s)", file=sys.stderr, flush=True)
     wall = time.perf_counter() - start
     solved_at = next((s for s, m in curve if m < SOLVED_MSE), None)
     norms = mean_input_grad_norms(model, params, test_x[:args.grad_batch],
