@@ -50,6 +50,7 @@ from _common import ROOT, header, param_count
 
 Array = jax.Array
 SOLVED_MSE = 0.01
+COLORS = {"rnn": "C0", "lstm": "C1", "gru": "C2", "lstm, forget bias": "C3"}
 BASELINE_MSE = 1.0 / 6.0
 
 
@@ -191,12 +192,14 @@ def _plot_adding(rows: list[dict[str, Any]], path: str) -> None:
         for r in rows:
             if r["T"] == length:
                 steps, mse = zip(*r["curve"])
-                ax.plot(steps, mse, label=r["cell"])
+                ax.plot(steps, mse, label=r["cell"], color=COLORS[r["cell"]])
         ax.axhline(BASELINE_MSE, color="gray", ls="--", lw=1, label="baseline (predict 1)")
+        # Remembering only the later marker (predict U2 + 1/2) leaves Var(U1) = 1/12.
+        ax.axhline(1 / 12, color="gray", ls="-.", lw=1, label="later marker only (1/12)")
         ax.axhline(SOLVED_MSE, color="gray", ls=":", lw=1, label=f"solved (< {SOLVED_MSE})")
         ax.set_yscale("log")
         ax.set(xlabel="training step", ylabel="test MSE", title=f"adding problem, T = {length}")
-        ax.legend()
+        ax.legend(fontsize=8)
     fig.tight_layout()
     _save(fig, path)
 
@@ -251,7 +254,7 @@ def gradnorm(args: argparse.Namespace) -> dict[tuple[str, str, int], np.ndarray]
         steps = trained["args"]["steps"]
         for r in trained["rows"]:
             if r["T"] in args.lengths and r["cell"] in args.cells:
-                state = f"trained ({steps} steps, test MSE {r['mse']:.3f})"
+                state = f"trained ({steps} steps, test MSE {r['mse']:.2g})"
                 curves[(r["cell"], state, r["T"])] = np.asarray(r["grad_norms"])
                 _gradnorm_row(r["cell"], state, r["T"], curves[(r["cell"], state, r["T"])])
     _plot_gradnorm(curves, args)
@@ -272,10 +275,13 @@ def _plot_gradnorm(curves: dict[tuple[str, str, int], np.ndarray], args) -> None
     for ax, panel in zip(axes[0], panels):
         for (cell, state, length), c in curves.items():
             if state.startswith(panel):
-                label = cell + state[len(panel):].replace("init, ", ", ")
+                # "init, forget bias 1" -> "lstm, forget bias 1"; "trained (...)" -> "rnn (...)"
+                label = cell + state[len(panel):]
                 label += "" if len(args.lengths) == 1 else f", T = {length}"
                 # x_t sits T - t steps before the output: x_T at distance 0, x_1 at T - 1.
-                ax.plot(np.arange(length)[::-1], c, label=label)
+                ax.plot(np.arange(length)[::-1], c, label=label,
+                        color=COLORS["lstm, forget bias"] if "forget" in state else COLORS[cell],
+                        ls=["-", "--", ":", "-."][sorted(args.lengths).index(length) % 4])
         ax.set_yscale("log")
         ax.set(xlabel="distance T - t to the final output", ylabel="||dL / dx_t|| (mean)",
                title={"init": f"at initialisation (hidden {args.hidden})",
