@@ -4,6 +4,7 @@ benchmarks/ and BENCHMARKS.md)."""
 import argparse
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -103,8 +104,10 @@ def test_bench_peers_quick_table():
 def test_gpu_suite_dry_run():
     """benchmarks/gpu_suite.sh --dry-run prints every command of the GPU suite and checks each
     against its script's own argparse parser and known configs, running none of them."""
+    # PYTHON: this interpreter, not whatever `python` is on PATH (an unactivated venv).
     proc = subprocess.run(["bash", str(BENCH_DIR / "gpu_suite.sh"), "--dry-run"],
-                          capture_output=True, text=True, timeout=120, cwd=BENCH_DIR.parent)
+                          capture_output=True, text=True, timeout=120, cwd=BENCH_DIR.parent,
+                          env={**os.environ, "PYTHON": sys.executable})
     out = proc.stdout
     assert proc.returncode == 0 and "every command checks out" in out, (
         out[-3000:] + proc.stderr[-3000:])
