@@ -4,6 +4,7 @@ benchmarks/ and BENCHMARKS.md)."""
 import argparse
 import importlib
 import importlib.util
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -103,8 +104,10 @@ def test_bench_peers_quick_table():
 def test_gpu_suite_dry_run():
     """benchmarks/gpu_suite.sh --dry-run prints every command of the GPU suite and checks each
     against its script's own argparse parser and known configs, running none of them."""
+    # PYTHON: this interpreter, not whatever `python` is on PATH (an unactivated venv).
     proc = subprocess.run(["bash", str(BENCH_DIR / "gpu_suite.sh"), "--dry-run"],
-                          capture_output=True, text=True, timeout=120, cwd=BENCH_DIR.parent)
+                          capture_output=True, text=True, timeout=120, cwd=BENCH_DIR.parent,
+                          env={**os.environ, "PYTHON": sys.executable})
     out = proc.stdout
     assert proc.returncode == 0 and "every command checks out" in out, (
         out[-3000:] + proc.stderr[-3000:])
@@ -142,3 +145,117 @@ def test_gpu_suite_refuses_without_gpu():
     proc = subprocess.run(["bash", str(BENCH_DIR / "gpu_suite.sh")], capture_output=True,
                           text=True, timeout=30)
     assert proc.returncode == 2 and "needs an NVIDIA GPU" in proc.stderr, proc.stderr
+
+
+# ----------------------------------------------------------------- benchmarks/long_range.py
+@pytest.fixture(scope="module")
+def long_range():
+    sys.path.insert(0, str(BENCH_DIR))
+    try:
+        yield importlib.import_module("long_range")
+    finally:
+        sys.path.remove(str(BENCH_DIR))
+
+
+def test_adding_batch_matches_its_definition(long_range):
+    """One marker in each half, values in [0, 1), target = the sum of the two marked values, and
+    predicting 1 scores E[(U1 + U2 - 1)^2] = Var(U1 + U2) + (E[U1 + U2] - 1)^2 = 2/12 + 0 = 1/6."""
+    import jax
+    import numpy as np
+
+    n, length = 4000, 51  # odd: halves [0, 25) and [25, 51)
+    x, y = map(np.asarray, long_range.adding_batch(jax.random.PRNGKey(0), n, length))
+    values, markers = x[..., 0], x[..., 1]
+    assert x.shape == (n, length, 2) and y.shape == (n,)
+    assert set(np.unique(markers)) == {0.0, 1.0}
+    assert (markers[:, :25].sum(1) == 1).all() and (markers[:, 25:].sum(1) == 1).all()
+    assert ((values >= 0) & (values < 1)).all()
+    first, second = markers[:, :25].argmax(1), 25 + markers[:, 25:].argmax(1)
+    rows = np.arange(n)
+    np.testing.assert_allclose(y, values[rows, first] + values[rows, second], rtol=1e-6)
+    # Both marker positions cover their halves (not pinned to one step).
+    assert len(np.unique(first)) == 25 and len(np.unique(second)) == 26
+    # (S - 1) is triangular on [-1, 1]: E[(S-1)^4] = 1/15, so sd of (S-1)^2 = sqrt(1/15 - 1/36).
+    se = np.sqrt(1 / 15 - 1 / 36) / np.sqrt(n)
+    assert abs(((y - 1) ** 2).mean() - 1 / 6) < 4 * se
+    assert abs(long_range.BASELINE_MSE - 1 / 6) < 1e-12
+
+
+@pytest.mark.parametrize("cell", ["rnn", "lstm", "gru"])
+def test_input_grad_norm_at_t1_is_one_cell_step(long_range, cell):
+    """At T = 1 the model is head(cell(0, x)): dL/dx = 2 (f(x) - y) w_head^T (d h / d x), with
+    d h / d x the jax.jacobian of one step of flax's cell (recurrent.make_cell) by itself."""
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from attn_jax.models.recurrent import make_cell
+
+    model = long_range.AddingModel(cell, hidden=5)
+    params = long_range.init_params(model, jax.random.PRNGKey(1), 1)
+    leaves, tree = jax.tree.flatten(params)  # nonzero biases too, so every term counts
+    keys = jax.random.split(jax.random.PRNGKey(2), len(leaves))
+    params = tree.unflatten([p + 0.3 * jax.random.normal(k, p.shape) for p, k in zip(leaves, keys)])
+    x = jax.random.normal(jax.random.PRNGKey(3), (3, 1, 2))
+    y = jnp.array([0.5, 1.0, 1.7])
+    got = jax.jit(long_range.input_grad_norms, static_argnums=0)(model, params, x, y)
+
+    step = make_cell(cell, 5, parent=None)
+    cell_params = {"params": params["encoder"]["layer_0"]["cell"]}
+    carry = step.initialize_carry(jax.random.PRNGKey(0), (2,))
+    w, b = params["head"]["kernel"][:, 0], params["head"]["bias"][0]
+
+    @jax.jit
+    @jax.vmap
+    def expected(xi, yi):  # one example: xi [2], yi []
+        def hidden(v):
+            return step.apply(cell_params, carry, v)[1]
+
+        grad = 2 * (hidden(xi) @ w + b - yi) * (w @ jax.jacobian(hidden)(xi))
+        return jnp.linalg.norm(grad)
+
+    assert got.shape == (3, 1)
+    np.testing.assert_allclose(np.asarray(got[:, 0]), expected(x[:, 0], y), rtol=1e-5)
+
+
+def test_long_range_quick_tables(long_range, tmp_path, capsys):
+    """long_range.py adding --quick, then gradnorm --quick --trained on the adding run's JSON:
+    markdown tables with one row per cell (gradnorm: per cell at init, the LSTM with forget
+    bias 1, and per trained cell), finite numbers, the PNGs written."""
+    import json
+    import math
+
+    def run(task, *flags):
+        png = tmp_path / f"{task}.png"
+        long_range.main([task, "--quick", "--png", str(png), *flags])
+        out = capsys.readouterr().out
+        lines = [line for line in out.splitlines() if line.startswith("| ")]
+        head = [c.strip() for c in lines[0].strip("|").split("|")]
+        rows = _table(out)
+        assert all(len(r) == len(head) for r in rows) and png.stat().st_size > 1000, out
+        return head, rows, out
+
+    head, rows, out = run("adding")
+    assert head[:7] == ["cell", "T", "steps", "params", "test MSE", "baseline MSE", "solved"]
+    assert [(r[0], r[1], r[2]) for r in rows] == [(c, "6", "20") for c in ("rnn", "lstm", "gru")]
+    for r in rows:
+        cells = dict(zip(head, r))
+        assert math.isfinite(float(cells["test MSE"])) and 0 < float(cells["baseline MSE"]), r
+        assert cells["solved"] in ("yes", "no") and float(cells[head[8]]) > 0, r
+    # hidden 8, 2 inputs, head 8 + 1. tanh RNN: one [2, 8] + [8, 8] + bias; LSTM: four of
+    # those; flax's GRU: three input kernels with biases, three recurrent kernels, of which
+    # only the candidate's (hn) has a bias.
+    rnn, lstm, gru = 2 * 8 + 8 * 8 + 8, 4 * (2 * 8 + 8 * 8 + 8), 3 * (2 * 8 + 8 * 8 + 8) + 8
+    assert [int(r[3].replace(",", "")) for r in rows] == [rnn + 9, lstm + 9, gru + 9]
+    saved = json.loads((tmp_path / "adding.json").read_text())
+    assert [len(r["grad_norms"]) for r in saved["rows"]] == [6, 6, 6]
+
+    head, rows, out = run("gradnorm", "--trained", str(tmp_path / "adding.json"))
+    assert head[:6] == ["cell", "state", "T", "grad norm at x_T", "grad norm at x_1",
+                        "ratio x_1/x_T"], head
+    assert [(r[0], r[1].split(" (")[0]) for r in rows] == [
+        ("rnn", "init"), ("lstm", "init"), ("gru", "init"), ("lstm", "init, forget bias 1"),
+        ("rnn", "trained"), ("lstm", "trained"), ("gru", "trained")], out
+    for r in rows:
+        x_t, x_1, ratio = map(float, r[3:6])
+        assert x_t > 0 and x_1 > 0 and math.isclose(ratio, x_1 / x_t, rel_tol=0.02), r
