@@ -19,7 +19,7 @@ Sanity run (2026-12-02): `--config.total_steps=200` (warmup 100 kept, one evalua
 took 2 min 42 s wall at 1.4-1.8 steps/s and reached validation **3.388** bits per byte (loss 2.348
 nats per byte, perplexity 10.5, next-byte accuracy 40.6%). The full 2000 steps (8.2M training
 tokens, as lm_stdlib.py's GPT saw; GPT: 2.286 bits per byte at step 1000, 1.985 at 2000), measured
-2026-12-02: 8 min 54 s wall (another job shared the CPU for the first minutes), validation
+2026-12-02: 8 min 54 s wall (the CPU shared with other jobs throughout), validation
 **1.806** bits per byte (1.992 at step 1000), loss 1.252 nats per byte, perplexity 3.50, next-byte
 accuracy 65.8%. The LSTM's evaluation carries the state along each track, so it sees more context
 than the GPT's 128-byte windows (BENCHMARKS.md).
