@@ -1,6 +1,7 @@
 r"""Transformer encoder-decoder: real English UI strings -> German, offline, on a CPU.
 
     python train.py --config configs/transformer_gettext_de.py --workdir runs/transformer_gettext_de
+    python train.py --config configs/transformer_gettext_de.py:pre --workdir runs/transformer_gettext_de_pre
     python train.py --config configs/transformer_gettext_de.py --workdir /tmp/gt \
         --config.total_steps=150 --config.evals.decode_test.max_examples=256  # sanity, ~4 min
 
@@ -46,6 +47,11 @@ def get_config(arg=None):
         decode_test=dict(type="decode", splits=("test",), every_steps=10**9, beam_size=1,
                          num_examples_shown=8))  # every evaluator also runs at the last step
     config.model.max_len = 65
+    if arg == "pre":  # pre-norm blocks + a final LayerNorm, a larger step (GPT-2's layout)
+        config.model.update(norm="pre", final_norm=True)
+        config.optim.update(learning_rate=2e-3, warmup_steps=200)
+    elif arg:
+        raise ValueError(f"configs/transformer_gettext_de.py:{arg}: the only argument is 'pre'")
     config.total_steps = 1800
     config.optim.warmup_steps = 300
     config.eval_every_steps = 900
