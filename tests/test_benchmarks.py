@@ -14,13 +14,18 @@ import pytest
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
-@pytest.fixture(scope="module")
-def bench_lm():
+def _bench_module(name: str):
+    """benchmarks/NAME.py imported (the folder on sys.path only while it imports)."""
     sys.path.insert(0, str(BENCH_DIR))
     try:
-        yield importlib.import_module("bench_lm")
+        return importlib.import_module(name)
     finally:
         sys.path.remove(str(BENCH_DIR))
+
+
+@pytest.fixture(scope="module")
+def bench_lm():
+    return _bench_module("bench_lm")
 
 
 def test_bench_lm_row_and_model_flops(bench_lm):
@@ -54,11 +59,7 @@ def test_model_flops_formula_gpt2_small(bench_lm):
 def test_drill_kill9_resumes_bit_identically(tmp_path, capsys, jax_cache):
     """One drill of benchmarks/drill_kill9.py on the tiny config (the full N=20 quickstart run is
     in BENCHMARKS.md): killed at a random moment, the rerun ends as the straight run."""
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        drill = importlib.import_module("drill_kill9")
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    drill = _bench_module("drill_kill9")
     config = Path(__file__).parent / "tiny_configs.py"
     status = drill.main(["--n", "1", "--config", str(config), "--steps", "8", "--every", "2",
                          "--warmup", "2", "--cache-dir", jax_cache,
@@ -150,11 +151,7 @@ def test_gpu_suite_refuses_without_gpu():
 # ----------------------------------------------------------------- benchmarks/long_range.py
 @pytest.fixture(scope="module")
 def long_range():
-    sys.path.insert(0, str(BENCH_DIR))
-    try:
-        yield importlib.import_module("long_range")
-    finally:
-        sys.path.remove(str(BENCH_DIR))
+    return _bench_module("long_range")
 
 
 def test_adding_batch_matches_its_definition(long_range):
