@@ -103,9 +103,14 @@ REQUIRED = {
 }
 
 
+def missing_methods(model: Any, protocol: type) -> list[str]:
+    """The names of `protocol`'s required methods that `model`'s class lacks."""
+    return [n for n in REQUIRED[protocol] if not hasattr(type(model), n)]
+
+
 def check_implements(model: Any, protocol: type, what: str) -> None:
     """ValueError naming the missing methods when `model` does not implement `protocol`."""
-    missing = [n for n in REQUIRED[protocol] if not hasattr(type(model), n)]
+    missing = missing_methods(model, protocol)
     if missing:
         raise ValueError(f"{what}: {type(model).__name__} does not implement the "
                          f"{protocol.__name__} contract (attn_jax.models.protocols); missing "

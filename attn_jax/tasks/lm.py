@@ -40,7 +40,8 @@ from jax.experimental import multihost_utils
 from attn_jax import decoding
 from attn_jax.data import lm_windows, text
 from attn_jax.data.tokenizers import EOS_ID, PAD_ID
-from attn_jax.models.protocols import DecoderOnlyModel, RecurrentLM, check_implements
+from attn_jax.models.protocols import (DecoderOnlyModel, RecurrentLM, check_implements,
+                                       missing_methods)
 from attn_jax.losses import cross_entropy_with_label_smoothing, smoothed_cross_entropy
 from attn_jax.tasks.sequence import SequenceTask, TokenizerConfig
 from attn_jax.tasks.tbptt import check_chunk, truncated_bptt
@@ -78,8 +79,7 @@ class LanguageModelTask(SequenceTask):
         check_implements(self.model, DecoderOnlyModel, f"config.model.name="
                          f"{config.model.get('name')!r}")
         self.seq_len = int(self.data_cfg.seq_len)
-        self.recurrent = all(hasattr(type(self.model), n) for n in ("initial_carry",
-                                                                   "apply_with_carry"))
+        self.recurrent = not missing_methods(self.model, RecurrentLM)
         self.stateful = bool(self.data_cfg.stateful)
         self._texts: dict[str, Any] = {}
         self._streams: dict[str, np.ndarray] = {}
