@@ -11,6 +11,12 @@ markdown table of name, model, parameters, training time (the logged steps over 
 steps/s: compilation and evaluation left out), exact match and sacrebleu BLEU; then exact match
 per source-length bucket (UTF-8 bytes of the source) with the bucket's size; and draws the
 second table as a PNG.
+
+A run's decoded split can be kept as a record (`--save-records DIR` writes `DIR/NAME.json`:
+the model, parameter count, training time, step, the run's `config.data`, and every source,
+reference and prediction) and compared later with `--record NAME=FILE.json` beside live
+workdirs, so a table can be remade, or extended by one new run, after the workdirs are gone.
+The records of the runs in BENCHMARKS.md are under `docs/seq2seq_records/`.
 """
 
 from __future__ import annotations
@@ -77,15 +83,44 @@ def evaluate(workdir: str, split: str, max_examples: int) -> dict[str, Any]:
     references = [t for _, t in pairs]
     predictions = task.translate(jax.tree.map(np.asarray, params), sources)
     n = sum(np.size(x) for x in jax.tree.leaves(params))
-    return {"config": config, "step": step, "params": n, "sources": sources,
+    return {"model": model_kind(config.model), "data": config.data.to_dict(), "split": split,
+            "step": step, "params": n, "sources": sources,
             "references": references, "predictions": predictions,
             "exact_match": text_metrics.exact_match(predictions, references),
             "bleu": text_metrics.bleu(predictions, references),
             "train_seconds": train_seconds(workdir)}
 
 
-def _data_key(config) -> str:
-    return json.dumps(config.data.to_dict(), sort_keys=True, default=str)
+def model_kind(model) -> str:
+    """'rnn_seq2seq/lstm/additive'-style name of a config's model block."""
+    return "/".join(str(model.get(k)) for k in ("name", "cell", "attention") if model.get(k))
+
+
+def _data_key(data: dict) -> str:
+    return json.dumps(data, sort_keys=True, default=str)
+
+
+RECORD_KEYS = ("model", "data", "split", "step", "params", "sources", "references",
+               "predictions", "exact_match", "bleu", "train_seconds")
+
+
+def save_record(path: str, result: dict[str, Any]) -> None:
+    """Write one evaluated run as JSON (the fields of RECORD_KEYS)."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    with open(path, "w") as f:
+        json.dump({k: result[k] for k in RECORD_KEYS}, f, ensure_ascii=False, default=str,
+                  indent=0)
+        f.write("\n")
+
+
+def load_record(path: str) -> dict[str, Any]:
+    """A record of save_record; a file without its fields is refused, naming them."""
+    with open(path) as f:
+        record = json.load(f)
+    missing = [k for k in RECORD_KEYS if k not in record]
+    if missing:
+        raise ValueError(f"{path} is not a compare_seq2seq record: it lacks {missing}")
+    return record
 
 
 def plot(path: str, names: Sequence[str], buckets, rows: dict[str, list], title: str) -> None:
@@ -110,36 +145,65 @@ def plot(path: str, names: Sequence[str], buckets, rows: dict[str, list], title:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--run", action="append", required=True, metavar="NAME=WORKDIR",
+    parser.add_argument("--run", action="append", dest="entries", metavar="NAME=WORKDIR",
+                        type=lambda v: ("run", v),
                         help="a seq2seq workdir of train.py, named for the table (repeatable)")
+    parser.add_argument("--record", action="append", dest="entries", metavar="NAME=FILE",
+                        type=lambda v: ("record", v),
+                        help="a record written by --save-records, compared as a run (repeatable)")
+    parser.add_argument("--save-records", default=None, metavar="DIR",
+                        help="write each workdir run's decoded split to DIR/NAME.json")
     parser.add_argument("--split", default="test")
     parser.add_argument("--max-examples", type=int, default=0, help="0: the whole split")
     parser.add_argument("--bucket-bytes", type=int, default=10, help="source-length bucket width")
     parser.add_argument("--plot", default=None, help="PNG of exact match against source length")
     args = parser.parse_args(argv)
-    runs = {}
-    for spec in args.run:
-        name, sep, workdir = spec.partition("=")
-        if not sep or not name or not workdir:
-            parser.error(f"--run {spec!r}: expected NAME=WORKDIR")
-        if not os.path.isfile(os.path.join(workdir, "config.json")):
-            parser.error(f"--run {spec!r}: {workdir} is not a train.py workdir (no config.json)")
-        runs[name] = workdir
+    runs, records, order = {}, {}, []
+    for kind, spec in args.entries or []:
+        name, sep, path = spec.partition("=")
+        if not sep or not name or not path:
+            parser.error(f"{spec!r}: expected NAME=PATH")
+        if name in runs or name in records:
+            parser.error(f"the name {name!r} is given twice")
+        order.append(name)
+        if kind == "record":
+            if not os.path.isfile(path):
+                parser.error(f"--record {spec!r}: {path} does not exist")
+            records[name] = load_record(path)
+        elif not os.path.isfile(os.path.join(path, "config.json")):
+            parser.error(f"--run {spec!r}: {path} is not a train.py workdir (no config.json)")
+        else:
+            runs[name] = path
+    if not runs and not records:
+        parser.error("give at least one --run or --record")
     from attn_jax.train.restore import load_config
 
-    keys = {name: _data_key(load_config(w)) for name, w in runs.items()}
+    keys = {name: _data_key(load_config(w).data.to_dict()) for name, w in runs.items()}
+    keys.update({name: _data_key(r["data"]) for name, r in records.items()})
     if len(set(keys.values())) > 1:  # before any decoding
         raise SystemExit("the runs were trained on different data (config.data differs): "
                          + ", ".join(f"{n}: {json.loads(k).get('dataset')}" for n, k in keys.items()))
-    results = {name: evaluate(w, args.split, args.max_examples) for name, w in runs.items()}
+    results = {}
+    for name in order:  # the order given
+        if name in records:
+            results[name] = records[name]
+        else:
+            results[name] = evaluate(runs[name], args.split, args.max_examples)
+            if args.save_records:
+                save_record(os.path.join(args.save_records, f"{name}.json"), results[name])
+    first = results[next(iter(results))]
+    for name, r in results.items():  # a record of another split, or of fewer examples
+        if r["split"] != args.split and name in records:
+            raise SystemExit(f"record {name!r} holds the {r['split']!r} split, not {args.split!r}")
+        if (r["sources"], r["references"]) != (first["sources"], first["references"]):
+            raise SystemExit(f"{name!r} decoded other examples than {next(iter(results))!r} "
+                             "(a different --max-examples, or changed data files)")
     names = list(results)
     print(f"| run | model | parameters | train time (s) | step | {args.split} exact match | "
           f"{args.split} BLEU |\n|---|---|---|---|---|---|---|")
     for name in names:
         r = results[name]
-        model = r["config"].model
-        kind = "/".join(str(model.get(k)) for k in ("name", "cell", "attention") if model.get(k))
-        print(f"| {name} | {kind} | {r['params']:,} | {r['train_seconds']:.0f} | {r['step']} | "
+        print(f"| {name} | {r['model']} | {r['params']:,} | {r['train_seconds']:.0f} | {r['step']} | "
               f"{100 * r['exact_match']:.2f}% | {r['bleu']:.2f} |")
     lengths = [len(s.encode()) for s in results[names[0]]["sources"]]
     buckets = length_buckets(lengths, args.bucket_bytes)
@@ -152,7 +216,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"| {lo}-{hi - 1} | {count} | "
               + " | ".join(f"{100 * rows[n][i][1]:.1f}%" for n in names) + " |")
     if args.plot:
-        dataset = results[names[0]]["config"].data.get("dataset", "?")
+        dataset = first["data"].get("dataset", "?")
         plot(args.plot, names, buckets, rows,
              f"{dataset}: {args.split} exact match by source length")
         print(f"\n{args.plot}")

@@ -430,7 +430,8 @@ def test_compare_seq2seq_table_and_length_buckets(runs, tmp_path, capsys):
     """benchmarks/compare_seq2seq.py on a trained run under two names: one table row each with
     the run's parameter count, the per-length table's counts are the sources' UTF-8 lengths
     bucketed by hand, its exact match averages (weighted) to the overall one, the PNG is
-    written; runs on different data are refused."""
+    written; runs on different data are refused; a saved record (--save-records) gives the
+    live run's rows, and a record of other examples or without its fields is refused."""
     import importlib.util
     import shutil
 
@@ -469,3 +470,19 @@ def test_compare_seq2seq_table_and_length_buckets(runs, tmp_path, capsys):
     json.dump(config, open(other / "config.json", "w"))
     with pytest.raises(SystemExit, match="different data"):
         compare.main(["--run", f"a={workdir}", "--run", f"c={other}", "--max-examples", "4"])
+    # A saved record stands in for its workdir: the same table rows as the live run.
+    records = tmp_path / "records"
+    assert compare.main(["--run", f"a={workdir}", "--max-examples", "24",
+                         "--save-records", str(records)]) == 0
+    capsys.readouterr()
+    assert compare.main(["--record", f"a={records / 'a.json'}", "--run", f"b={workdir}",
+                         "--max-examples", "24", "--bucket-bytes", "8"]) == 0
+    assert capsys.readouterr().out == out[:out.index(str(png))].rstrip("\n") + "\n"
+    record = json.load(open(records / "a.json"))
+    with pytest.raises(SystemExit, match="other examples"):  # a record of 24, a live run of 4
+        compare.main(["--record", f"a={records / 'a.json'}", "--run", f"b={workdir}",
+                      "--max-examples", "4"])
+    del record["predictions"]
+    json.dump(record, open(records / "bad.json", "w"))
+    with pytest.raises(ValueError, match=r"lacks \['predictions'\]"):
+        compare.main(["--record", f"x={records / 'bad.json'}"])
