@@ -68,6 +68,16 @@ ENTRIES = {
                     (2, 7, 50),
                     # separate embeddings, a 2-layer bidirectional encoder of 8 per direction
                     _rnn_seq2seq_count("lstm", 50, 8, 16, 8, 2, 2, 12)),
+    "rnn_captioner": (dict(vocab_size=30, embed_dim=8, hidden=16, attention_dim=12,
+                           backbone=dict(name="vit", num_classes=None, patch_size=4,
+                                         hidden_size=32, depth=1, num_heads=4, mlp_dim=64,
+                                         pool_type="gap")),
+                      lambda: (jnp.zeros((2, 16, 16, 3)), jnp.ones((2, 7), jnp.int32)),
+                      (2, 7, 30),
+                      # ViT tokens (no class token, no head) -> memory projection 32 -> 16 ->
+                      # the attentive LSTM decoder of rnn_seq2seq (no source side)
+                      _vit_count(32, 1, 64, 4, 3, 16, 0) - 32 + (32 * 16 + 16)
+                      + _rnn_seq2seq_count("lstm", 30, 8, 16, 16, 0, 1, 12) - 30 * 8),
     "lstm_lm": (dict(vocab_size=50, emb_dim=16, hidden_dim=24, num_layers=2),
                 lambda: (jnp.ones((2, 9), jnp.int32),), (2, 9, 50),
                 # embedding + per layer 4 gates x (input kernel + recurrent kernel + bias) + head

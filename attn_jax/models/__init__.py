@@ -17,6 +17,7 @@ MODELS = {
     "decoder_lm": "attn_jax.models.transformer_presets:decoder_lm",
     "rnn_seq2seq": "attn_jax.models.recurrent:RNNSeq2Seq",
     "lstm_lm": "attn_jax.models.recurrent_lm:lstm_lm",
+    "rnn_captioner": "attn_jax.models.captioner:RNNCaptioner",
 }
 
 

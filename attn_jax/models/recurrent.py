@@ -263,10 +263,9 @@ class DecoderStep(nn.Module):
                                kernel_init=_init(nn.initializers.lecun_normal(), (_IN, "mlp")),
                                bias_init=_init(nn.initializers.zeros_init(), ("mlp",)))
 
-    def start(self, memory: Array, memory_mask: Array, bidirectional: bool
-              ) -> tuple[Carry, Array, Array]:
-        """(initial carry, the encoder's final state c `[batch, d]`, keys) of a source."""
-        summary = final_state(memory, memory_mask.sum(-1), bidirectional)
+    def start(self, memory: Array, summary: Array) -> tuple[Carry, Array, Array]:
+        """(initial carry, the summary c `[batch, d]` it was built from, keys) of a source: c is
+        the encoder's final state (`RNNSeq2Seq`) or the mean annotation (a captioner)."""
         carry = []
         for dense in self.init_state:
             s0 = jnp.tanh(dense(summary))
@@ -393,7 +392,8 @@ class RNNSeq2Seq(nn.Module):
         if memory_mask.shape != memory.shape[:2]:
             raise ValueError(f"memory {memory.shape} does not match memory_mask "
                              f"{memory_mask.shape} ([batch, src, d] vs [batch, src])")
-        return self.step.start(memory, memory_mask.astype(bool), self.bidirectional)
+        summary = final_state(memory, memory_mask.astype(jnp.int32).sum(-1), self.bidirectional)
+        return self.step.start(memory, summary)
 
     def _decode(self, memory, memory_mask, targets, deterministic):
         if targets.ndim != 2 or targets.shape[0] != memory.shape[0]:

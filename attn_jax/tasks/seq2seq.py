@@ -29,6 +29,7 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+from flax import traverse_util
 
 from attn_jax import decoding
 from attn_jax.data import text
@@ -217,12 +218,20 @@ class Seq2SeqTask(SequenceTask):
         return weights.astype(jnp.float32), correct.astype(jnp.float32).sum()
 
     def loss(self, params, batch, rng, step):
-        logits = self.model.apply({"params": params}, batch["inputs"], batch["targets"],
-                                  deterministic=False, rngs={"dropout": rng})
+        """Label-smoothed cross entropy, plus whatever the model sows into its 'losses'
+        collection in training (a captioner's attention regulariser), each reported too."""
+        logits, sown = self.model.apply({"params": params}, batch["inputs"], batch["targets"],
+                                        deterministic=False, rngs={"dropout": rng},
+                                        mutable=["losses"])
         weights, correct = self._token_stats(logits, batch)
         loss, tokens = cross_entropy_with_label_smoothing(
             logits, batch["targets"], weights, float(self.config.get("label_smoothing", 0.0)))
-        return loss, {"token_accuracy": correct / jnp.maximum(tokens, 1.0)}
+        metrics = {"token_accuracy": correct / jnp.maximum(tokens, 1.0)}
+        for name, values in traverse_util.flatten_dict(dict(sown.get("losses", {})),
+                                                       sep="_").items():
+            metrics[f"aux_{name}"] = sum(jax.tree.leaves(values))  # sow keeps a tuple
+            loss = loss + metrics[f"aux_{name}"]
+        return loss, metrics
 
     def eval_sums(self, params, batch):
         """Sums over real target tokens: 'loss' (NLL, no smoothing) and 'token_accuracy';

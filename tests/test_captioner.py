@@ -1,0 +1,113 @@
+"""The attentive image captioner (`attn_jax.models.captioner`, Xu et al. 2015).
+
+References: the teacher-forced forward pass (cached step decoding must reproduce it), Xu et
+al.'s eq. 14 and sec. 3.1.2 evaluated in NumPy on the model's own attention weights and
+parameters, and the no-attention baseline's definition (only the mean annotation reaches it).
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from attn_jax import decoding
+from attn_jax.models import build_model
+
+BACKBONE = dict(name="vit", num_classes=None, patch_size=4, hidden_size=16, depth=1,
+                num_heads=2, mlp_dim=32, pool_type="gap")
+PAD, BOS, EOS = 0, 1, 2
+
+
+def captioner(**kw):
+    fields = dict(vocab_size=20, embed_dim=8, hidden=16, backbone=BACKBONE, pad_id=PAD,
+                  bos_id=BOS, image_shape=(16, 16, 1))
+    return build_model("rnn_captioner", **{**fields, **kw})
+
+
+def images(n=3, seed=0):
+    return jax.random.uniform(jax.random.key(seed), (n, 16, 16, 1))
+
+
+TARGETS = jnp.array([[5, 6, 7, 8, EOS], [9, EOS, PAD, PAD, PAD], [4, 4, 3, EOS, PAD]])
+
+
+@pytest.mark.parametrize("attention", ["additive", "none"])  # the scores: test_recurrent
+def test_cached_steps_equal_the_teacher_forced_pass(attention):
+    model = captioner(attention=attention)
+    x = images()
+    params = model.init(jax.random.key(1), x, TARGETS)["params"]
+    full = np.asarray(model.apply({"params": params}, x, TARGETS))
+    fn, carry = decoding.encoder_decoder_step_fn(model, params, x, max_len=TARGETS.shape[1])
+    inputs = jnp.concatenate([jnp.full((3, 1), BOS), TARGETS[:, :-1]], 1)
+    stepped = []
+    for t in range(TARGETS.shape[1]):
+        logits, carry = fn(inputs[:, t:t + 1], carry)
+        stepped.append(np.asarray(logits))
+    np.testing.assert_allclose(np.stack(stepped, 1), full, atol=2e-5)
+
+
+def test_initial_state_is_the_mean_annotation_through_tanh():
+    """Xu et al. sec. 3.1.2: c_0, h_0 = tanh(f_init(mean_i a_i)), here one Dense split in two."""
+    model = captioner()
+    x = images()
+    params = model.init(jax.random.key(1), x, TARGETS)["params"]
+    memory, mask = model.apply({"params": params}, x, method="encode")
+    assert mask.shape == memory.shape[:2] and bool(mask.all())
+    carry, summary, _ = model.apply({"params": params}, memory, mask, method="_start")
+    dense = params["step"]["init_0"]
+    want = np.tanh(np.asarray(memory).mean(1) @ np.asarray(dense["kernel"].value)
+                   + np.asarray(dense["bias"].value))
+    np.testing.assert_allclose(np.asarray(summary), np.asarray(memory).mean(1), rtol=1e-6)
+    np.testing.assert_allclose(np.concatenate([np.asarray(c) for c in carry[0]], -1), want,
+                               atol=1e-6)
+
+
+def test_doubly_stochastic_penalty_is_eq14_of_the_attention_weights():
+    """lambda sum_i (1 - sum_t alpha_ti)^2 over real target steps, averaged over the rows, in
+    NumPy on the weights `attention_weights` returns; added only in training."""
+    lam = 0.7
+    model = captioner(doubly_stochastic=lam)
+    x = images()
+    params = model.init(jax.random.key(1), x, TARGETS)["params"]
+    _, weights = model.attention_weights(params, x, TARGETS)
+    alpha = np.asarray(weights["decoder/layer_0/cross_attention"])[:, 0]  # [b, t, positions]
+    real = np.asarray(TARGETS != PAD, np.float32)
+    want = lam * np.mean([((1 - (alpha[b] * real[b][:, None]).sum(0)) ** 2).sum()
+                          for b in range(3)])
+    _, sown = model.apply({"params": params}, x, TARGETS, deterministic=False,
+                          rngs={"dropout": jax.random.key(2)}, mutable=["losses"])
+    np.testing.assert_allclose(float(sown["losses"]["doubly_stochastic"][0]), want, rtol=1e-5)
+    _, none = model.apply({"params": params}, x, TARGETS, mutable=["losses"])  # evaluation
+    assert not none.get("losses")
+
+
+def test_without_attention_only_the_mean_annotation_reaches_the_decoder():
+    """Two memories with the same mean give the same logits for attention='none' (the pooled
+    feature is all it sees) and different ones for the attentive decoder."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(3, 16, 16)).astype(np.float32)
+    b = a.copy()
+    b[:, 0] += 1.0  # same mean: move mass from position 1 to position 0
+    b[:, 1] -= 1.0
+    mask = jnp.ones((3, 16), bool)
+    for attention, same in (("none", True), ("additive", False)):
+        model = captioner(attention=attention)
+        params = model.init(jax.random.key(1), images(), TARGETS)["params"]
+        la, lb = (np.asarray(model.apply({"params": params}, jnp.asarray(m), mask, TARGETS,
+                                         method="decode")) for m in (a, b))
+        assert np.allclose(la, lb, atol=1e-5) == same, attention
+
+
+def test_bad_images_and_backbones_are_refused():
+    model = captioner()
+    params = model.init(jax.random.key(1), images(), TARGETS)["params"]
+    with pytest.raises(ValueError, match=r"images are \(16, 16, 3\).*built for \(16, 16, 1\)"):
+        model.apply({"params": params}, jnp.ones((3, 16, 16, 3)), TARGETS)
+    with pytest.raises(ValueError, match="float"):
+        model.apply({"params": params}, jnp.ones((3, 16, 16, 1), jnp.int32), TARGETS)
+    with pytest.raises(ValueError, match="backbone"):
+        captioner(backbone="vit")
+    with pytest.raises(ValueError, match="model.name='nope' is unknown"):
+        captioner(backbone=dict(name="nope")).init(jax.random.key(0), images(), TARGETS)
