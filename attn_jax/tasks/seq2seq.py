@@ -13,6 +13,12 @@ the Transformer (Vaswani et al. 2017), a recurrent seq2seq, an image captioner.
   * 'digits_words' (offline, an image source): the scikit-learn digits (8x8 grey, [0, 1]) ->
     the English word of the digit ('seven'); the source side is images, so the model's encoder
     must take `[batch, 8, 8, 1]` (a captioning-shaped model).
+  * 'scenes' / 'scenes_digits' (offline, image sources): canvases of 1..max_items Fashion-MNIST
+    items (64x64 by default; IDX files in source_dir) or scikit-learn digits (32x32) -> a
+    caption from a small grammar over classes, counts and spatial relations
+    (`attn_jax.data.datasets.scenes`: train_size / validation_size / test_size scenes from
+    seed, canvas_size, min_items, max_items). Train pairs cycle through
+    references_per_scene references of each scene; eval splits score the canonical caption.
 
 Training minimises label-smoothed cross entropy (Szegedy et al. 2016; eps = config.label_smoothing)
 over target tokens. The default evaluators report per-token loss and accuracy ('loss') and decode
@@ -29,11 +35,13 @@ from typing import Any
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from flax import traverse_util
 
 from attn_jax import decoding
 from attn_jax.data import text
 from attn_jax.data.datasets import gettext
+from attn_jax.data.datasets import scenes
 from attn_jax.data.datasets.digits import digits_words
 from attn_jax.data.seq2seq import image_text_dataset
 from attn_jax.data.tokenizers import BOS_ID, EOS_ID, PAD_ID
@@ -42,7 +50,9 @@ from attn_jax.models.protocols import EncoderDecoderModel, check_implements
 from attn_jax.losses import cross_entropy_with_label_smoothing
 from attn_jax.tasks.sequence import SequenceTask, TokenizerConfig
 
-DATASETS = ("dates", "gettext", "wmt14_de_en", "digits_words")
+DATASETS = ("dates", "gettext", "wmt14_de_en", "digits_words", "scenes", "scenes_digits")
+IMAGE_DATASETS = ("digits_words", "scenes", "scenes_digits")
+SCENE_SOURCES = {"scenes": "fashion_mnist", "scenes_digits": "digits"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,7 +64,7 @@ class DataConfig(TokenizerConfig):
     max_tgt_len: int = 64                # target tokens incl. eos
     eval_splits: tuple[str, ...] = ("validation",)
     # dates
-    train_size: int = 100_000
+    train_size: int = 100_000            # (also the number of scenes per split)
     validation_size: int = 1000
     test_size: int = 1000
     seed: int = 0
@@ -74,6 +84,12 @@ class DataConfig(TokenizerConfig):
     target_lang: str = "de"
     train_split: str = "train"
     spm_train_pairs: int = 1_000_000     # pairs read to train SentencePiece
+    # scenes / scenes_digits (and the *_size and seed keys above)
+    canvas_size: int = 0                 # 0 = the source's default (64 Fashion-MNIST, 32 digits)
+    min_items: int = 1
+    max_items: int = 4
+    references_per_scene: int = 1        # training captions per scene (1 = the canonical one)
+    source_dir: str = ""                 # Fashion-MNIST IDX files; "" = the default place
 
 
 class Seq2SeqTask(SequenceTask):
@@ -111,6 +127,21 @@ class Seq2SeqTask(SequenceTask):
         self.check_splits(self.eval_splits(), "config.data.eval_splits")
         if self.dataset == "gettext":
             self._validate_gettext()
+        if self.dataset in SCENE_SOURCES:
+            self._validate_scenes()
+
+    def _validate_scenes(self) -> None:
+        """The scene options (`scenes.Scenes` refuses an empty or too small canvas) and, for
+        bytes, a target length that holds the grammar's longest caption and its eos."""
+        cfg = self.data_cfg
+        if not 1 <= cfg.references_per_scene <= scenes.MAX_REFERENCES:
+            raise ValueError(f"config.data.references_per_scene={cfg.references_per_scene} must "
+                             f"lie in [1, {scenes.MAX_REFERENCES}]")
+        longest = self._scenes("train").max_caption_bytes
+        if self.tokenizer_kind == "byte" and longest > self.max_tgt_len - 1:
+            raise ValueError(f"config.data.max_tgt_len={self.max_tgt_len} cannot hold the longest "
+                             f"caption of max_items={cfg.max_items} ({longest} bytes) and its eos: "
+                             f"set max_tgt_len >= {longest + 1}")
 
     def _validate_gettext(self) -> None:
         """Cheap checks (no catalogue is read): the language's catalogues exist, the fractions
@@ -139,11 +170,19 @@ class Seq2SeqTask(SequenceTask):
     # -- data -----------------------------------------------------------------------------------
     @property
     def image_source(self) -> bool:
-        return self.dataset == "digits_words"
+        return self.dataset in IMAGE_DATASETS
+
+    def _scenes(self, split: str) -> scenes.Scenes:
+        cfg = self.data_cfg
+        return scenes.Scenes(
+            split, source=SCENE_SOURCES[self.dataset],
+            num_examples=int(getattr(cfg, f"{split}_size")),
+            canvas_size=int(cfg.canvas_size) or None, min_items=int(cfg.min_items),
+            max_items=int(cfg.max_items), seed=int(cfg.seed), source_dir=cfg.source_dir or None)
 
     def pairs(self, split: str) -> Sequence[tuple[Any, str]]:
-        """(source, target) of `split` (source: a string, or an image [h, w, 1] for
-        digits_words), built or opened once."""
+        """(source, target) of `split` (source: a string, or an image [h, w, 1] for the image
+        sources), built or opened once (scenes: generated on access)."""
         if split not in self._pairs:
             cfg = self.data_cfg
             if self.dataset == "dates":
@@ -161,6 +200,9 @@ class Seq2SeqTask(SequenceTask):
                     domains=tuple(cfg.domains)).splits)
             elif self.dataset == "digits_words":
                 self._pairs.update(digits_words(int(cfg.seed)))
+            elif self.dataset in SCENE_SOURCES:
+                self._pairs[split] = scenes.CaptionPairs(
+                    self._scenes(split), int(cfg.references_per_scene) if split == "train" else 1)
             else:
                 name = cfg.train_split if split == "train" else split
                 self._pairs[split] = text.load_wmt14(
@@ -204,7 +246,7 @@ class Seq2SeqTask(SequenceTask):
 
     # -- model ----------------------------------------------------------------------------------
     def _source_shape(self) -> tuple[int, ...]:
-        return (8, 8, 1) if self.image_source else (self.max_src_len,)
+        return np.shape(self.pairs("train")[0][0]) if self.image_source else (self.max_src_len,)
 
     def _init_fresh(self, rng):
         dtype = jnp.float32 if self.image_source else jnp.int32

@@ -3,10 +3,11 @@
     scenes = Scenes("train", source="digits", num_examples=1000)     # or source="fashion_mnist"
     s = scenes[7]            # a Scene, a pure function of (seed, split, 7)
     s.image                  # float32 [H, W, 1] in [0, 1]
-    s.bbox, s.boxes          # int32 [n, 4] COCO [x, y, w, h] pixels; float32 [n, 4] cxcywh in [0, 1]
+    s.bbox, s.boxes          # int32 [n, 4] COCO [x, y, w, h] px; float32 [n, 4] cxcywh in [0, 1]
     s.labels, s.captions     # int32 [n]; 2-5 paraphrases, s.captions[0] the canonical one
     ds = detection_dataset(scenes, global_batch_size=32, train=True)   # the shared batcher
-    ds[0]  # {'image' [b, H, W, 1], 'boxes' [b, m, 4] cxcywh, 'labels' [b, m], 'box_mask' [b, m], 'mask' [b]}
+    ds[0]    # {'image' [b, H, W, 1], 'boxes' [b, m, 4] cxcywh, 'labels' [b, m],
+             #  'box_mask' bool [b, m], 'mask' [b]}  (m = max_items)
     write_coco_json("validation", "val.json", source="digits")       # COCO detection JSON
 
 Sources. 'fashion_mnist': the 28x28 Fashion-MNIST items from the IDX files
@@ -150,7 +151,8 @@ def _source_items(source: str, source_dir: str) -> tuple[np.ndarray, np.ndarray,
         images = np.concatenate([train_images, test_images])[..., 0]
         labels = np.concatenate([train_labels, test_labels]).astype(np.int32)
         n_train, n_val = len(train_labels), len(train_labels) // 10
-        pools = {"train": np.arange(n_train - n_val), "validation": np.arange(n_train - n_val, n_train),
+        pools = {"train": np.arange(n_train - n_val),
+                 "validation": np.arange(n_train - n_val, n_train),
                  "test": np.arange(n_train, len(labels))}
     else:
         from sklearn.datasets import load_digits  # pylint: disable=import-outside-toplevel
