@@ -13,7 +13,7 @@
 Sources. 'fashion_mnist': the 28x28 Fashion-MNIST items from the IDX files
 (`fashion_mnist.read_fashion_mnist`), default canvas 64x64, items resized to 16..28 px.
 'digits': scikit-learn's 8x8 digits (no file needed; the fast test variant), default canvas
-32x32, items resized to 8..14 px.
+32x32, items resized to 10..14 px.
 
 Splits are disjoint by construction: each draws its items from its own pool of source items.
 Fashion-MNIST: train = items 0..53999 of the IDX train file, validation = its items
@@ -117,7 +117,7 @@ SOURCES = {
         plural=("zeros", "ones", "twos", "threes", "fours", "fives", "sixes", "sevens", "eights",
                 "nines"),
         articles=("a",) * 8 + ("an", "a"),
-        canvas_size=32, item_size=(8, 14)),
+        canvas_size=32, item_size=(10, 14)),
 }
 
 
@@ -344,6 +344,10 @@ class Scenes(collections.abc.Sequence):
     @property
     def image_shape(self) -> tuple[int, int, int]:
         return (*self.canvas_hw, 1)
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.spec.singular)
 
     @property
     def class_names(self) -> tuple[str, ...]:
