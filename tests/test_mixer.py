@@ -234,13 +234,17 @@ def test_dropout_and_stochastic_depth_only_in_training(tiny):
 
 
 def test_trains_through_the_classification_task(tmp_path):
-    """The tiny 'mixer' config (tests/tiny_configs.py) through the shared trainer on the digits:
-    4 SGD steps bring the test loss below the uniform guess over 10 classes, ln 10."""
+    """The tiny 'mixer' config (tests/tiny_configs.py) through the shared trainer on the digits,
+    2-way data parallel: 8 SGD steps take the test set (355 images) from a loss of 2.40 at init
+    to below the uniform guess over 10 classes (ln 10) by 0.1 nats, and its accuracy above
+    chance (0.10; 0.15 is 3 binomial standard deviations above it)."""
     from attn_jax.train.loop import train_and_evaluate
 
     config = tiny_config("mixer", str(tmp_path / "tfds"))
     config.mesh = dict(data=2, fsdp=1, tensor=1)
+    config.total_steps = config.eval_every_steps = 8
     state, final = train_and_evaluate(config, str(tmp_path / "run"), jax.devices()[:2])
-    assert int(state.step) == config.total_steps == 4
+    assert int(state.step) == 8
     assert "token_mixing" in state.params["MixerBlock_0"]
-    assert np.isfinite(final["test_loss"]) and final["test_loss"] < np.log(10), final
+    assert final["test_loss"] < np.log(10) - 0.1, final
+    assert final["test_accuracy"] > 0.15, final
