@@ -248,3 +248,37 @@ def test_trains_through_the_classification_task(tmp_path):
     assert "token_mixing" in state.params["MixerBlock_0"]
     assert final["test_loss"] < np.log(10) - 0.1, final
     assert final["test_accuracy"] > 0.15, final
+
+
+@pytest.mark.parametrize("name, shape, classes, count", [
+    # Reference: the closed-form count of tests/test_models.py (49 tokens of 4x4x1 patches).
+    ("mixer_fashion_mnist", (28, 28, 1), 10, None),
+    # Reference: vision_transformer's Mixer-B/16 count (224px, 1000 classes).
+    ("mixer_b16_imagenet", (224, 224, 3), 1000, 59_880_472),
+])
+def test_configs_load_and_build(name, shape, classes, count):
+    """The shipped configs load as train.py loads them, declare only known data keys, and give
+    the model they describe (eval_shape; the data itself is not needed)."""
+    import os
+
+    from attn_jax.models import build_model
+    from attn_jax.tasks.classification import DataConfig
+    from attn_jax.train.cli import load_config_file
+    from attn_jax.train.config import fill_declared_keys, parse_section
+    from attn_jax.train.optim import make_optimizer
+    from test_models import _mixer_count
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    config = fill_declared_keys(load_config_file(os.path.join(root, f"{name}.py"), root))
+    parse_section(DataConfig, config.data, "config.data")
+    make_optimizer(config.optim, 100_000)
+    kwargs = dict(config.model)
+    assert kwargs.pop("name") == "mixer"
+    model = build_model("mixer", num_classes=classes, **kwargs)
+    shapes = jax.eval_shape(model.init, jax.random.key(0), jnp.zeros((1, *shape)))
+    if count is None:
+        m = config.model
+        count = _mixer_count(m.hidden_dim, m.num_blocks, m.tokens_mlp_dim, m.channels_mlp_dim,
+                             m.patch_size, shape[2], (shape[0] // m.patch_size) ** 2, classes)
+        assert 0.5e6 < count < 0.6e6  # about the 0.53M of configs/vit_fashion_mnist.py
+    assert sum(math.prod(x.shape) for x in jax.tree.leaves(shapes)) == count
