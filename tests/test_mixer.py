@@ -26,7 +26,8 @@ def test_parameter_counts_match_published(name):
 
 
 def test_variants():
-    """Reference: Table 1 of the Mixer paper (S: 512 / 8 / 256 / 2048; L: 1024 / 24 / 512 / 4096)."""
+    """Reference: Table 1 of the Mixer paper (S: 512 / 8 / 256 / 2048; L: 1024 / 24 / 512 /
+    4096)."""
     assert mixer_variant("L/16") == dict(hidden_dim=1024, num_blocks=24, tokens_mlp_dim=512,
                                          channels_mlp_dim=4096, patch_size=(16, 16))
     assert mixer_variant("S/32") == dict(hidden_dim=512, num_blocks=8, tokens_mlp_dim=256,

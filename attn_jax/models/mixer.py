@@ -1,8 +1,8 @@
 """MLP-Mixer (Tolstikhin et al. 2021, "MLP-Mixer: An all-MLP Architecture for Vision", eq. 1).
 
 Per block, on tokens X [batch, patches, channels]:
-    U = X + (W2 gelu(W1 LN(X)^T))^T      token mixing: an MLP over the patch axis, shared by channels
-    Y = U + W4 gelu(W3 LN(U))            channel mixing: an MLP over channels, shared by patches
+    U = X + (W2 gelu(W1 LN(X)^T))^T   token mixing: an MLP over the patch axis, shared by channels
+    Y = U + W4 gelu(W3 LN(U))         channel mixing: an MLP over channels, shared by patches
 after a patch stem (one strided convolution, kernel = stride = patch), then a LayerNorm, the mean
 over patches and a linear head.
 
