@@ -1,7 +1,8 @@
-"""Train-step throughput (images/s) and model FLOPs utilisation of the ViT configs.
+"""Train-step throughput (images/s) and model FLOPs utilisation of the image classifier configs
+(ViT, MLP-Mixer: any config whose model the registry builds with num_classes and dtype).
 
-    python benchmarks/bench_vit.py                                  # the offline configs, CPU
-    python benchmarks/bench_vit.py --configs vit_cifar10,vit_b16_imagenet --batch 256
+    python benchmarks/bench_vit.py                    # the offline configs, ViT and Mixer, CPU
+    python benchmarks/bench_vit.py --configs vit_b16_imagenet,mixer_b16_imagenet --batch 256
 
 Times the trainer's own jitted train step (attn_jax.train.loop.make_train_step: forward,
 backward, optimizer update) on random inputs of the config's image shape, on one device.
@@ -64,7 +65,7 @@ def bench(name: str, batch: int | None, dtype: str | None, iters: int, peak: flo
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--configs", default="default,vit_fashion_mnist")
+    parser.add_argument("--configs", default="default,vit_fashion_mnist,mixer_fashion_mnist")
     parser.add_argument("--batch", type=int, default=None, help="default: the config's")
     parser.add_argument("--dtype", default=None, help="default: the config's")
     parser.add_argument("--iters", type=int, default=10)

@@ -15,7 +15,8 @@
 #
 #   attention  bench_attention.py: reference, xla, cudnn, pallas; bf16, B 8, 16 heads of 64,
 #              lengths 512-4096, plain and causal
-#   vit_b16    bench_vit.py: ViT-B/16 (configs/vit_b16_imagenet.py) at 224x224, bf16, batch 256
+#   vit_b16    bench_vit.py: ViT-B/16 and Mixer-B/16 (configs/vit_b16_imagenet.py,
+#              configs/mixer_b16_imagenet.py) at 224x224, bf16, batch 256
 #   gpt2_small bench_lm.py: GPT-2 small, bf16, batch 16 x 1024 tokens, no dropout (the fused
 #              attention path), and KV-cached decoding of 256 tokens for 8 rows
 #   unet       bench_unet.py: Ho et al.'s CIFAR-10 U-Net (35.7M), bf16, 20 train steps at batch
@@ -108,8 +109,9 @@ run attention bench_attention.py --impls reference,xla,cudnn,pallas --batch 8 --
 run attention_causal bench_attention.py --impls reference,xla,cudnn,pallas --batch 8 --heads 16 \
   --head-dim 64 --lengths 512,1024,2048,4096 --dtype bfloat16 --iters 20 --causal \
   --tiny --batch 1 --heads 2 --head-dim 8 --lengths 16 --dtype float32 --iters 1 --warmup 1
-run vit_b16 bench_vit.py --configs vit_b16_imagenet --batch 256 --dtype bfloat16 --iters 10 \
-  --tiny --configs default --batch 2 --dtype float32 --iters 1
+run vit_b16 bench_vit.py --configs vit_b16_imagenet,mixer_b16_imagenet --batch 256 \
+  --dtype bfloat16 --iters 10 \
+  --tiny --configs default,mixer_fashion_mnist --batch 2 --dtype float32 --iters 1
 run gpt2_small bench_lm.py --configs gpt2_small --batch 16 --seq-len 1024 --dtype bfloat16 \
   --dropout 0 --iters 10 --decode-batch 8 --decode-len 256 --decode-repeats 3 \
   --tiny --configs lm_stdlib --batch 2 --seq-len 16 --dtype float32 --iters 1 --decode-batch 1 \

@@ -102,6 +102,17 @@ def test_bench_peers_quick_table():
         assert len({r[2] for r in rows if r[0] == workload}) == 1, rows  # equal parameter counts
 
 
+def test_bench_vit_row_for_a_mixer_config():
+    """bench_vit times any registered image classifier's config: the Mixer's row has its
+    parameter count (configs/mixer_fashion_mnist.py: 586,258) and a positive rate."""
+    bench_vit = _bench_module("bench_vit")
+    row = [c.strip() for c in bench_vit.bench("mixer_fashion_mnist", 2, "float32", 1,
+                                              100.0).strip("|").split("|")]
+    assert row[0] == "mixer_fashion_mnist" and row[2] == "0.59M" and row[3:6] == [
+        "2", "28x28", "float32"], row
+    assert float(row[7].replace(",", "")) > 0 and float(row[8]) > 0 and row[10].endswith("%")
+
+
 def test_gpu_suite_dry_run():
     """benchmarks/gpu_suite.sh --dry-run prints every command of the GPU suite and checks each
     against its script's own argparse parser and known configs, running none of them."""
@@ -117,7 +128,7 @@ def test_gpu_suite_dry_run():
     assert scripts == ["bench_attention.py", "bench_attention.py", "bench_vit.py", "bench_lm.py",
                        "bench_unet.py"], out
     assert "--impls reference,xla,cudnn,pallas" in out and "--configs cifar10" in out
-    assert "--configs vit_b16_imagenet --batch 256 --dtype bfloat16" in out
+    assert "--configs vit_b16_imagenet,mixer_b16_imagenet --batch 256 --dtype bfloat16" in out
     assert "--configs gpt2_small --batch 16 --seq-len 1024 --dtype bfloat16 --dropout 0" in out
 
 

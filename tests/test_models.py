@@ -21,6 +21,14 @@ def _vit_count(d, depth, mlp, patch, channels, tokens, classes):
     return patch * patch * channels * d + d + d + tokens * d + depth * block + 2 * d + d * classes + classes
 
 
+def _mixer_count(d, blocks, tokens_mlp, channels_mlp, patch, channels, tokens, classes):
+    """Stem conv, per block two LayerNorms, the token MLP (tokens -> tokens_mlp -> tokens) and
+    the channel MLP (d -> channels_mlp -> d), the pre-head LayerNorm, the head (Mixer eq. 1)."""
+    block = 2 * 2 * d + (tokens * tokens_mlp + tokens_mlp + tokens_mlp * tokens + tokens) + (
+        d * channels_mlp + channels_mlp + channels_mlp * d + d)
+    return patch * patch * channels * d + d + blocks * block + 2 * d + d * classes + classes
+
+
 def _transformer_block(d, mlp, cross):
     attn = 4 * (d * d + d)
     return (2 + cross) * 2 * d + (1 + cross) * attn + (d * mlp + mlp) + (mlp * d + d)
@@ -48,6 +56,10 @@ ENTRIES = {
     "vit": (dict(num_classes=10, patch_size=4, hidden_size=32, depth=2, num_heads=4, mlp_dim=64),
             lambda: (jnp.zeros((2, 16, 16, 3)),), (2, 10),
             _vit_count(32, 2, 64, 4, 3, 1 + 16, 10)),
+    "mixer": (dict(num_classes=10, patch_size=4, hidden_dim=32, num_blocks=2, tokens_mlp_dim=24,
+                   channels_mlp_dim=64),
+              lambda: (jnp.zeros((2, 16, 12, 3)),), (2, 10),
+              _mixer_count(32, 2, 24, 64, 4, 3, 4 * 3, 10)),
     "unet": (dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=8,
                   out_channels=3),
              lambda: (jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,), jnp.int32)), (2, 8, 8, 3), None),

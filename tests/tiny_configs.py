@@ -6,6 +6,7 @@ In-process tests call `tiny_config(kind, data_dir)`; subprocess tests run train.
 
 Kinds:
   classification  a one-block ViT on the digits, every axis divisible by 8 devices (mesh tests)
+  mixer           the same with a one-block MLP-Mixer
   process         8 steps of a one-block ViT on the digits (resume, crash, multi-process tests)
   classifier      a one-block GAP ViT for FID features
   diffusion       a one-level U-Net on the 8x8 digits, T = 50
@@ -55,6 +56,15 @@ def classification(data_dir: str = "") -> ml_collections.ConfigDict:
     config = _digits_vit(data_dir, num_heads=8, pool_type="token", posemb="learn")
     _sgd(config, 0.1)
     config.checkpoint.every_steps = 2
+    return config
+
+
+def mixer(data_dir: str = "") -> ml_collections.ConfigDict:
+    """The classification layout with a one-block MLP-Mixer (2x2 patches: 16 tokens; widths
+    divisible by 8 devices)."""
+    config = classification(data_dir)
+    config.model = dict(name="mixer", patch_size=2, hidden_dim=32, num_blocks=1,
+                        tokens_mlp_dim=16, channels_mlp_dim=64, head_zero_init=False)
     return config
 
 
@@ -160,7 +170,7 @@ def lstm_lm(data_dir: str) -> ml_collections.ConfigDict:
     return config
 
 
-KINDS = {"classification": classification, "process": process, "classifier": classifier,
+KINDS = {"classification": classification, "mixer": mixer, "process": process, "classifier": classifier,
          "diffusion": diffusion, "seq2seq": seq2seq, "rnn_seq2seq": rnn_seq2seq, "lm": lm,
          "lstm_lm": lstm_lm}
 # One per registered task, plus the recurrent seq2seq and the stateful LSTM LM: model families

@@ -5,7 +5,7 @@ They are structural (`typing.Protocol`): a flax module implements one by having 
 base class needed. Tasks and decoding code are written against these, never against a model
 class, so a new family plugs into the existing tasks, evaluators and search code.
 
-Image encoder (ViT; later Mixer, CNNs), applied with `model.apply(variables, x, method=...)`:
+Image encoder (ViT, MLP-Mixer; later CNNs), applied with `model.apply(variables, x, method=...)`:
   `__call__(images [b, h, w, c], train) -> logits [b, classes]`
   `features(images) -> [b, d]`         pooled representation (FID features, linear probes)
   `encode(images) -> [b, n, d]`        tokens (a captioning encoder, a detection backbone)

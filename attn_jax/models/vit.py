@@ -37,20 +37,25 @@ VIT_SIZES: dict[str, dict[str, int]] = {
 }
 
 
-def vit_variant(name: str) -> dict[str, Any]:
-    """Hyper-parameters of a named variant: 'B/16' -> hidden/depth/heads/mlp and patch (16, 16).
+def named_variant(name: str, sizes: dict[str, dict[str, int]], family: str) -> dict[str, Any]:
+    """'SIZE/PATCH' -> `sizes[SIZE]` plus patch_size (PATCH, PATCH): the naming of ViT and Mixer.
 
     The size alone ('B') leaves patch_size out; any integer patch suffix ('/32', '/8', '/4') works.
     """
     size, _, patch = name.partition("/")
-    if size not in VIT_SIZES:
-        raise ValueError(f"Unknown ViT size {size!r} in {name!r}; known: {sorted(VIT_SIZES)}")
-    config: dict[str, Any] = dict(VIT_SIZES[size])
+    if size not in sizes:
+        raise ValueError(f"Unknown {family} size {size!r} in {name!r}; known: {sorted(sizes)}")
+    config: dict[str, Any] = dict(sizes[size])
     if patch:
         if not patch.isdigit() or int(patch) < 1:
-            raise ValueError(f"ViT variant {name!r}: patch suffix must be a positive integer")
+            raise ValueError(f"{family} variant {name!r}: patch suffix must be a positive integer")
         config["patch_size"] = (int(patch), int(patch))
     return config
+
+
+def vit_variant(name: str) -> dict[str, Any]:
+    """Hyper-parameters of a named variant: 'B/16' -> hidden/depth/heads/mlp and patch (16, 16)."""
+    return named_variant(name, VIT_SIZES, "ViT")
 
 
 class Encoder(nn.Module):

@@ -9,7 +9,8 @@ Models name the axes of their parameters (`embed`, `heads`, `mlp`, ...; see
                    `embed` axis is split over `fsdp`, so parameters and optimizer state are sharded.
 - tensor parallel: mesh (1, 1, n). Attention heads, the MLP hidden axis and a recurrent cell's
                    state axis split over `tensor` (Megatron layout for the Transformer); the
-                   batch is replicated over `tensor`.
+                   batch is replicated over `tensor`. A Mixer's token-mixing MLP splits its hidden
+                   axis the same way and replicates its patch axis.
 
 A logical axis whose size the mesh axes do not divide is replicated instead (small models on big
 meshes keep working), and a mesh axis is used at most once per array.
@@ -38,6 +39,9 @@ LOGICAL_RULES: tuple[tuple[str, Any], ...] = (
     ("kv_heads", "tensor"),
     ("vocab", "tensor"),
     ("conv_out", "tensor"),
+    ("tokens", None),          # MLP-Mixer's token-mixing MLP (models/mixer.py) runs over the patch
+    ("tokens_mlp", "tensor"),  # axis: patches replicated (196 at 224px: few meshes divide it), its
+                               # hidden axis split over `tensor` like `mlp` (Megatron layout)
     ("rnn_hidden", None),  # an RNN's state and gates (models/recurrent*.py): split, the recurrence
                            # would gather it at every time step
 )
