@@ -15,7 +15,6 @@ apply once to a full-length input to create it, then feed one token `[batch, 1]`
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, Literal
 

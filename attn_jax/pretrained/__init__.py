@@ -34,7 +34,8 @@ from typing import Any
 
 import numpy as np
 
-from attn_jax.pretrained.hf import hf_model_config, hf_to_repo, load_hf, read_hf, repo_to_hf, save_hf
+from attn_jax.pretrained.hf import (hf_model_config, hf_to_repo, load_hf, read_hf, repo_to_hf,
+                                   save_hf)
 from attn_jax.pretrained.npz import load_npz, npz_to_repo, read_npz, repo_to_npz, save_npz
 
 FORMATS = ("auto", "workdir", "npz", "hf")

@@ -166,8 +166,9 @@ class Initializer:
     strict; see the module docstring)."""
 
     def __init__(self, path: str = "", step: int | None = None,
-                 rename: Sequence[Sequence[str]] = (), ema: bool = False, format: str = "auto",  # noqa: A002
-                 posemb_resize: str = "linear", strict: bool = False):
+                 rename: Sequence[Sequence[str]] = (), ema: bool = False,
+                 format: str = "auto", posemb_resize: str = "linear",  # noqa: A002
+                 strict: bool = False):
         from attn_jax.pretrained import FORMATS
 
         self.path = path or None
