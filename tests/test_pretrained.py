@@ -6,7 +6,8 @@ ways; a NumPy ViT forward pass that reads vision_transformer's .npz key names di
 names timm's `_load_weights` reads) for the npz layout; `torch.nn.functional.interpolate(mode=
 'bicubic', align_corners=False)` for the bicubic resampling and `scipy.ndimage.zoom` order 1 for
 the linear one. The torch tests skip where transformers is not installed
-(`pip install -e .[port]`).
+(`pip install -e .[port]`). timm's own npz reader is not run: timm imports torchvision, whose
+PyPI wheel needs the CUDA torch build (the NumPy forward pass reads the same key names).
 """
 
 from __future__ import annotations
@@ -75,6 +76,16 @@ def test_hf_vit_loads_with_the_same_logits_and_exports_back(tmp_path):
     with torch.no_grad():
         again = back(pixel_values=torch.from_numpy(images.transpose(0, 3, 1, 2))).logits.numpy()
     np.testing.assert_allclose(again, want, atol=1e-5)
+
+    # Through config.init (format 'auto' -> 'hf') into 3 classes: a fresh head, the body loaded.
+    three = build_model(name, **{**fields, "num_classes": 3})
+    fresh = three.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 3)))["params"]
+    init = Initializer(str(tmp_path / "hf"))
+    tree = flatten(nn.unbox(init.apply(fresh)))
+    assert init.resolved_format == "hf" and not init.report.unused
+    assert [m[0] for m in init.report.mismatched] == ["head/bias", "head/kernel"]
+    np.testing.assert_array_equal(tree["head/kernel"], flatten(nn.unbox(fresh))["head/kernel"])
+    np.testing.assert_array_equal(tree["cls"], flatten(params)["cls"])
 
 
 def test_hf_gpt2_loads_with_the_same_logits_and_exports_back(tmp_path):
@@ -229,7 +240,11 @@ def test_a_28px_npz_initialises_a_32px_vit_through_config_init(tmp_path):
     save_npz(old, path)
     new_model = ViT(**{**TINY_VIT, "depth": 1})
     fresh = new_model.init(jax.random.PRNGKey(3), jnp.zeros((1, 32, 32, 3)))["params"]
-    init = Initializer(path, posemb_resize="bicubic", strict=True)
+    from attn_jax.train.config import base_config
+
+    config = base_config()
+    config.init.update(path=path, posemb_resize="bicubic", strict=True)
+    init = Initializer.from_config(config)
     tree = nn.unbox(init.apply(fresh))
     params = flatten(tree)
     assert "adapted" in init.report.summary()
