@@ -110,6 +110,14 @@ def test_hf_gpt2_loads_with_the_same_logits_and_exports_back(tmp_path):
     got = np.asarray(model.apply({"params": params}, jnp.asarray(ids, jnp.int32)))
     np.testing.assert_allclose(got, want, atol=1e-4)
 
+    # Through config.init, strict: every parameter of the preset's tree comes from the file.
+    fresh = model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16), jnp.int32))["params"]
+    init = Initializer(str(tmp_path / "hf"), strict=True)
+    loaded = flatten(nn.unbox(init.apply(fresh)))
+    assert not init.report.unused and not init.report.initialised
+    for key, value in flatten(params).items():
+        np.testing.assert_array_equal(loaded[key], value, err_msg=key)
+
     save_hf(model, params, str(tmp_path / "out"))
     back = transformers.GPT2LMHeadModel.from_pretrained(tmp_path / "out").eval()
     with torch.no_grad():
@@ -195,6 +203,32 @@ def test_npz_round_trip_in_the_vision_transformer_layout(tmp_path):
         assert set(got) == set(want), name
         for key in want:
             np.testing.assert_array_equal(got[key], want[key], err_msg=f"{name}: {key}")
+
+
+def test_npz_keeps_other_models_names_as_they_are(tmp_path):
+    """A tree in vision_transformer's MLP-Mixer names (models_mixer.py) and the Dense / Embed
+    leaves of a language model load under the same names: only ViT blocks are renamed. A
+    big_vision train state ('params/...' beside 'opt/...') gives its parameters."""
+    rng = np.random.default_rng(0)
+    tree = {"stem": {"kernel": rng.normal(size=(4, 4, 3, 8)), "bias": rng.normal(size=8)},
+            "MixerBlock_0": {"LayerNorm_0": {"scale": rng.normal(size=8)},
+                             "token_mixing": {"Dense_0": {"kernel": rng.normal(size=(16, 4))}}},
+            "pre_head_layer_norm": {"scale": rng.normal(size=8)},
+            "decoder": {"embedder": {"position_embedding": {"pos_embedding":
+                                                            rng.normal(size=(1, 4, 8))}}},
+            "head": {"kernel": rng.normal(size=(8, 3))}}
+    save_npz(tree, str(tmp_path / "m.npz"))
+    want = flatten(tree)
+    assert set(read_npz(str(tmp_path / "m.npz"))) == set(want)
+    state = {f"params/{k}": v for k, v in want.items()}
+    state["opt/state/count"] = np.zeros(())
+    with open(tmp_path / "state.npz", "wb") as f:
+        np.savez(f, **state)
+    for name in ("m.npz", "state.npz"):
+        got = flatten(load_npz(str(tmp_path / name)))
+        assert set(got) == set(want), name
+        for key in want:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
 
 
 # ------------------------------------------------------------------------------------ posemb

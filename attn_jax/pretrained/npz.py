@@ -5,7 +5,8 @@ A Google checkpoint is a flat `np.savez` of the Flax parameter tree, keys joined
 convolutions and `[in, heads, head_dim]` attention kernels are this repo's layouts too, so
 reading one is a matter of names only:
 
-- a common prefix 'opt/target/' (old flax.optim checkpoints) or 'params/' (big_vision) is dropped;
+- the parameters under 'opt/target/' (old flax.optim checkpoints) or 'params/' (big_vision) are
+  taken, without that prefix, when the file holds them (and other state beside them);
 - a scanned big_vision stack ('Transformer/encoderblock/...', leading axis = depth) is split
   into 'Transformer/encoderblock_{i}/...';
 - the position table moves to the repo's 'posembed_input/pos_embedding' (vision_transformer
@@ -86,10 +87,10 @@ def npz_to_repo(flat: dict[str, np.ndarray], where: str = "the checkpoint"
                 ) -> dict[str, np.ndarray]:
     """A Google checkpoint's flat {key: array} renamed to this repo's paths (see the module
     docstring); keys the renames do not touch are kept."""
+    for prefix in _PREFIXES:  # a whole train state: its parameters only
+        if any(k.startswith(prefix) for k in flat):
+            flat = {k[len(prefix):]: v for k, v in flat.items() if k.startswith(prefix)}
     check_layout(list(flat), where)
-    for prefix in _PREFIXES:
-        if all(k.startswith(prefix) for k in flat):
-            flat = {k[len(prefix):]: v for k, v in flat.items()}
     out: dict[str, np.ndarray] = {}
     for key, value in flat.items():
         scanned = _SCANNED.fullmatch(key)
