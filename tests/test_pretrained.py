@@ -38,6 +38,14 @@ def _vit_params(model: ViT, size: int, seed: int = 0) -> dict:
     return jax.tree.map(lambda x: np.asarray(0.3 * jax.random.normal(next(keys), x.shape)), params)
 
 
+PORT_EXTRA = "the HF references need torch and transformers: pip install -e '.[port]'"
+
+
+def _torch_and_transformers():
+    return (pytest.importorskip("torch", reason=PORT_EXTRA),
+            pytest.importorskip("transformers", reason=PORT_EXTRA))
+
+
 def _randomise(torch_model, torch, seed: int = 0) -> None:
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
@@ -49,9 +57,7 @@ def _randomise(torch_model, torch, seed: int = 0) -> None:
 def test_hf_vit_loads_with_the_same_logits_and_exports_back(tmp_path):
     """A random tiny HF ViT (exact GELU, eps 1e-12) gives torch's logits in the repo's ViT; the
     repo's export loads back into transformers with the same logits."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers", reason="transformers not installed "
-                                       "(pip install -e .[port])")
+    torch, transformers = _torch_and_transformers()
     hf_config = transformers.ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                                        intermediate_size=64, image_size=16, patch_size=4,
                                        num_labels=5, hidden_act="gelu", num_channels=3)
@@ -91,9 +97,7 @@ def test_hf_vit_loads_with_the_same_logits_and_exports_back(tmp_path):
 def test_hf_gpt2_loads_with_the_same_logits_and_exports_back(tmp_path):
     """A random tiny GPT2LMHeadModel (fused c_attn, tied wte, wpe, ln_f, gelu_new) gives torch's
     logits in the repo's decoder_lm; the export loads back into transformers."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers", reason="transformers not installed "
-                                       "(pip install -e .[port])")
+    torch, transformers = _torch_and_transformers()
     hf_config = transformers.GPT2Config(vocab_size=50, n_positions=16, n_embd=32, n_layer=2,
                                         n_head=2, bos_token_id=0, eos_token_id=0)
     hf = transformers.GPT2LMHeadModel(hf_config).eval()
@@ -254,7 +258,8 @@ def test_posemb_resize_identity_and_methods():
 def test_bicubic_matches_torch_interpolate():
     """Reference: torch.nn.functional.interpolate(mode='bicubic', align_corners=False), as HF
     ViT's interpolate_pos_encoding (timm adds antialiasing when shrinking)."""
-    torch = pytest.importorskip("torch")
+    torch = pytest.importorskip("torch", reason="the bicubic reference is torch's interpolate: "
+                                "pip install -e '.[port]'")
     old = np.random.default_rng(1).normal(size=(1, 1 + 36, 4)).astype(np.float32)
     for side in (9, 4):
         grid = torch.from_numpy(old[0, 1:].reshape(1, 6, 6, 4).transpose(0, 3, 1, 2))
