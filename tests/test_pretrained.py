@@ -346,3 +346,24 @@ def test_unknown_layouts_say_which_format_was_expected(tmp_path):
         Initializer(str(tmp_path / "weights.bin")).apply(fresh)
     with pytest.raises(ValueError, match="config.init.format must be one of"):
         Initializer(path, format="torch")
+
+
+def test_train_py_starts_an_lm_from_an_npz(tmp_path, capsys):
+    """End to end through the trainer: config.init.path = an .npz of a GPT-style LM (strict);
+    the byte-level LM task, whose tokenizer check reads workdirs only, trains a step from it.
+    (Before `is_pretrained_file` the task looked for a workdir's config.json there.)"""
+    from attn_jax import tasks
+    from attn_jax.train.loop import train_and_evaluate
+    from tiny_configs import tiny_config
+
+    config = tiny_config("lm", str(tmp_path / "data"))
+    model = tasks.get_task("lm")(config).model
+    params = model.init(jax.random.PRNGKey(5), jnp.zeros((1, 8), jnp.int32))["params"]
+    save_npz(params, str(tmp_path / "lm.npz"))
+    config.init.update(path=str(tmp_path / "lm.npz"), strict=True)
+    config.evals = {}
+    config.total_steps = 1
+    train_and_evaluate(config, str(tmp_path / "run"), jax.devices()[:1])
+    n = len(flatten(params))
+    assert f"loaded {n} parameters (0 adapted to a new shape), initialised 0 new ones" in \
+        capsys.readouterr().out

@@ -40,7 +40,7 @@ from attn_jax.pretrained.npz import load_npz, npz_to_repo, read_npz, repo_to_npz
 
 FORMATS = ("auto", "workdir", "npz", "hf")
 
-__all__ = ["FORMATS", "detect_format", "load_pretrained", "load_npz", "save_npz", "read_npz",
+__all__ = ["FORMATS", "detect_format", "is_pretrained_file", "load_pretrained", "load_npz", "save_npz", "read_npz",
            "npz_to_repo", "repo_to_npz", "load_hf", "save_hf", "read_hf", "hf_to_repo",
            "repo_to_hf", "hf_model_config"]
 
@@ -66,6 +66,17 @@ def detect_format(path: str) -> str:
                      "this repo (checkpoints/, config.json), an .npz (vision_transformer / "
                      "big_vision) or a Hugging Face directory / model.safetensors; set "
                      f"config.init.format to one of {FORMATS[1:]}")
+
+
+def is_pretrained_file(path: str, format: str = "auto") -> bool:  # noqa: A002
+    """Whether `config.init` (path, format) names a pretrained file ('npz' / 'hf') rather than
+    a workdir of this repo (which also carries a config and a tokenizer)."""
+    if format != "auto":
+        return format in ("npz", "hf")
+    try:
+        return os.path.exists(path) and detect_format(path) in ("npz", "hf")
+    except ValueError:  # neither: the Initializer says so when it reads the path
+        return False
 
 
 def load_pretrained(path: str, format: str = "auto"  # noqa: A002  (config.init.format)
