@@ -183,6 +183,7 @@ class Initializer:
         self.format = format
         self.posemb_resize = posemb_resize
         self.strict = bool(strict)
+        self.resolved_format: str | None = None  # 'workdir' | 'npz' | 'hf', once read
         self.report: InitReport | None = None
         self._checkpoint: tuple[Any, dict[str, np.ndarray]] | None = None
 
