@@ -3,6 +3,7 @@ LayerNorm and stochastic depth."""
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import flax.linen as nn
@@ -13,6 +14,14 @@ from attn_jax.attention import MultiHeadAttention
 
 Array = jax.Array
 Initializer = Callable[..., Array]
+
+# MLP nonlinearities by config name. Flax's `nn.gelu` defaults to the tanh approximation (ViT,
+# GPT-2's "gelu_new"); PyTorch's and Hugging Face ViT's "gelu" is the exact erf form.
+ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
+    "relu": nn.relu,
+    "gelu": functools.partial(nn.gelu, approximate=False),
+    "gelu_tanh": functools.partial(nn.gelu, approximate=True),
+}
 
 
 def layer_norm(

@@ -15,7 +15,6 @@ apply once to a full-length input to create it, then feed one token `[batch, 1]`
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, Literal
 
@@ -24,16 +23,12 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.attention import MultiHeadAttention
-from attn_jax.layers import TransformerBlock, layer_norm
+from attn_jax.layers import ACTIVATIONS, TransformerBlock, layer_norm
 from attn_jax.positional import LearnedPositionEmbedding, sinusoidal_positions
 
 Array = jax.Array
 
-_ACTIVATIONS: dict[str, Callable[[Array], Array]] = {
-    "relu": nn.relu,
-    "gelu": functools.partial(nn.gelu, approximate=False),
-    "gelu_tanh": functools.partial(nn.gelu, approximate=True),  # GPT-2's "gelu"
-}
+_ACTIVATIONS: dict[str, Callable[[Array], Array]] = ACTIVATIONS  # "gelu_tanh" is GPT-2's "gelu"
 
 
 @dataclasses.dataclass(frozen=True)

@@ -18,7 +18,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from attn_jax.layers import TransformerBlock, layer_norm, stochastic_depth_rates
+from attn_jax.layers import ACTIVATIONS, TransformerBlock, layer_norm, stochastic_depth_rates
 from attn_jax.positional import LearnedPositionEmbedding, sincos_2d_positions
 
 Array = jax.Array
@@ -64,6 +64,7 @@ class Encoder(nn.Module):
 
     stochastic_depth_rate: drop-path rate of the last block; block i gets the linear-rule share
     (`stochastic_depth_rates`), the first block none.
+    layer_norm_epsilon, mlp_activation: as `ViT`'s.
     """
 
     depth: int
@@ -75,6 +76,8 @@ class Encoder(nn.Module):
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
     attention_implementation: str | None = None
+    layer_norm_epsilon: float = 1e-6
+    mlp_activation: str = "gelu_tanh"
 
     @nn.compact
     def __call__(self, x: Array, *, deterministic: bool = True) -> Array:
@@ -91,9 +94,12 @@ class Encoder(nn.Module):
                 dtype=self.dtype,
                 param_dtype=self.param_dtype,
                 attention_implementation=self.attention_implementation,
+                layer_norm_epsilon=self.layer_norm_epsilon,
+                activation=ACTIVATIONS[self.mlp_activation],
                 name=f"encoderblock_{i}",
             )(x, deterministic=deterministic)
-        return layer_norm(dtype=self.dtype, param_dtype=self.param_dtype, name="encoder_norm")(x)
+        return layer_norm(epsilon=self.layer_norm_epsilon, dtype=self.dtype,
+                          param_dtype=self.param_dtype, name="encoder_norm")(x)
 
 
 class ViT(nn.Module):
@@ -116,6 +122,10 @@ class ViT(nn.Module):
       representation_size: width of the tanh pre-logits layer (used in pre-training); None: none.
       head_zero_init: zero-initialise the classifier kernel (standard for fine-tuning).
       attention_implementation: passed to `jax.nn.dot_product_attention` ('xla', 'cudnn', None).
+      layer_norm_epsilon: of every LayerNorm (1e-6 as vision_transformer; Hugging Face ViT
+        checkpoints use 1e-12).
+      mlp_activation: 'gelu_tanh' (flax's `nn.gelu` default, as vision_transformer) or 'gelu'
+        (exact erf, Hugging Face ViT's `hidden_act='gelu'`).
     """
 
     num_classes: int | None
@@ -134,6 +144,8 @@ class ViT(nn.Module):
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
     attention_implementation: str | None = None
+    layer_norm_epsilon: float = 1e-6
+    mlp_activation: str = "gelu_tanh"
 
     @classmethod
     def from_variant(cls, name: str, **overrides: Any) -> "ViT":
@@ -164,6 +176,9 @@ class ViT(nn.Module):
             raise ValueError(f"pool_type must be 'token' or 'gap', got {self.pool_type!r}")
         if self.posemb not in ("learn", "sincos2d"):
             raise ValueError(f"posemb must be 'learn' or 'sincos2d', got {self.posemb!r}")
+        if self.mlp_activation not in ("gelu_tanh", "gelu"):
+            raise ValueError(
+                f"mlp_activation must be 'gelu_tanh' or 'gelu', got {self.mlp_activation!r}")
         if images.ndim != 4:
             raise ValueError(
                 f"ViT expects images [batch, height, width, channels], got shape {images.shape}"
@@ -219,6 +234,8 @@ class ViT(nn.Module):
             dtype=self.dtype,
             param_dtype=self.param_dtype,
             attention_implementation=self.attention_implementation,
+            layer_norm_epsilon=self.layer_norm_epsilon,
+            mlp_activation=self.mlp_activation,
             name="Transformer",
         )(x, deterministic=deterministic)
         if output == "tokens":

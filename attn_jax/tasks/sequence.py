@@ -23,6 +23,7 @@ import jax.numpy as jnp
 
 from attn_jax.data.tokenizers import (SPM_MODEL_NAME, ByteTokenizer, SentencePieceTokenizer,
                                       Tokenizer, make_tokenizer)
+from attn_jax.pretrained import is_pretrained_file
 from attn_jax.tasks.base import Task
 from attn_jax.train.config import parse_section
 
@@ -55,7 +56,12 @@ class SequenceTask(Task):
             raise ValueError(f"config.data.tokenizer={self.tokenizer_kind!r}: choose 'byte' or "
                              "'sentencepiece'")
         self.dtype = jnp.dtype(config.get("dtype", "float32"))
-        self.init_path = (config.get("init") or {}).get("path") or None
+        init = config.get("init") or {}
+        # Only a workdir of this repo has a vocabulary to share and check; a pretrained file's
+        # (config.init.format 'npz' / 'hf') is the user's to match.
+        self.init_path = init.get("path") or None
+        if self.init_path and is_pretrained_file(self.init_path, init.get("format", "auto")):
+            self.init_path = None
         self._tokenizer: Tokenizer | None = None
         self.model = self.build_model()
 

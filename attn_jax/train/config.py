@@ -42,11 +42,15 @@ def base_config() -> ml_collections.ConfigDict:
         weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
         grad_clip_norm=1.0, lr_mults=()))
 
-    # Start from another run's parameters (attn_jax.train.init): `path` is a workdir of this repo;
-    # rename holds (regex, replacement) pairs for its parameter paths; parameters whose shapes
-    # differ are adapted where a rule exists (position embeddings resampled to the new grid) and
-    # otherwise freshly initialised (a new head), and the run prints what it did.
-    c.init = ml_collections.ConfigDict(dict(path="", step=-1, rename=(), ema=False))
+    # Start from another run's parameters (attn_jax.train.init): `path` is a workdir of this repo,
+    # or a pretrained .npz (vision_transformer / big_vision) or Hugging Face checkpoint (`format`
+    # 'auto' tells them apart; attn_jax.pretrained reads them); rename holds (regex,
+    # replacement) pairs for its parameter paths; parameters whose shapes differ are adapted
+    # where a rule exists (position embeddings resampled to the new grid, `posemb_resize`
+    # 'linear' or 'bicubic') and otherwise freshly initialised (a new head), unless `strict`;
+    # the run prints what it did.
+    c.init = ml_collections.ConfigDict(dict(path="", step=-1, rename=(), ema=False, format="auto",
+                                            posemb_resize="linear", strict=False))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 
