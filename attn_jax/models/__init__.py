@@ -12,6 +12,7 @@ import flax.linen as nn
 
 MODELS = {
     "vit": "attn_jax.models.vit:ViT",
+    "cnn": "attn_jax.models.cnn:CNN",
     "unet": "attn_jax.models.unet:UNet",
     "transformer": "attn_jax.models.transformer_presets:encoder_decoder",
     "decoder_lm": "attn_jax.models.transformer_presets:decoder_lm",
