@@ -405,7 +405,8 @@ class SelfAttention2D(nn.Module):
         f = tokens @ w_f                                            # [b, n, C_k]
         g = tokens @ w_g                                            # [b, n, C_k]
         h = tokens @ w_h                                            # [b, n, C_v]
-        s = jnp.einsum("bik,bjk->bij", f, g).astype(jnp.float32)    # [b, n (queries), n (keys)]
+        s = jnp.einsum("bik,bjk->bij", f, g,                        # [b, n (queries), n (keys)]
+                       preferred_element_type=jnp.float32)
         beta = jax.nn.softmax(s, axis=-1)
         self.sow("intermediates", "attention", beta)
         o = jnp.einsum("bij,bjv->biv", beta.astype(h.dtype), h) @ w_v   # [b, n, C]

@@ -151,3 +151,17 @@ def test_unet_with_sagan_blocks():
     assert sorted(default["mid_attn_1"]["attn"]) == ["key", "out", "query", "value"]
     with pytest.raises(ValueError, match="attn_type must be 'mha' or 'sagan', got 'sa'"):
         UNet(**UNET, attn_type="sa").init(jax.random.key(0), x, t)
+
+
+def test_bfloat16_compute_keeps_the_input_dtype_and_a_float32_softmax():
+    block = SelfAttention2D(dtype=jnp.bfloat16)
+    x = _x((1, 4, 4, 16), seed=6)
+    params = _init(block, x)
+    y = block.apply({"params": params}, x)
+    assert y.dtype == jnp.float32 and np.array_equal(np.asarray(y), x)  # gamma = 0
+    params = {**params, "gamma": jnp.float32(0.7)}
+    y, beta = block.apply({"params": params}, x, return_attention=True)
+    assert beta.dtype == jnp.float32
+    want_y, want_beta = _numpy_sagan(x, params)
+    np.testing.assert_allclose(np.asarray(beta), want_beta, atol=3e-2)  # bfloat16 projections
+    np.testing.assert_allclose(np.asarray(y), want_y, atol=5e-2)
