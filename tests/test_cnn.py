@@ -74,7 +74,8 @@ def test_attention_map_of_the_chosen_stage_covers_its_grid():
 
 def test_bad_inputs_are_refused():
     model = CNN(num_classes=3, **SMALL)
-    with pytest.raises(ValueError, match=r"images \[batch, height, width, channels\].*\(15, 13, 3\)"):
+    with pytest.raises(ValueError,
+                       match=r"images \[batch, height, width, channels\].*\(15, 13, 3\)"):
         model.init(jax.random.key(0), jnp.zeros((15, 13, 3)))
     x = _images()
     with pytest.raises(ValueError, match=r"widths \(8, 12\) must be divisible by num_groups=8"):
