@@ -1,5 +1,5 @@
 """Blocks shared by the model families: the one Transformer block, its MLP, a partitioned
-LayerNorm and stochastic depth."""
+LayerNorm, stochastic depth, and SAGAN's self-attention block for feature maps."""
 
 from __future__ import annotations
 
@@ -324,3 +324,100 @@ class TransformerBlock(nn.Module):
             name="mlp",
         )
         return residual(x, "mlp_norm", lambda h: mlp(h, deterministic=deterministic), False)
+
+
+class SelfAttention2D(nn.Module):
+    """SAGAN self-attention over the positions of a feature map (Zhang et al. 2019, "Self-Attention
+    Generative Adversarial Networks", sec. 3): `[batch, h, w, C]` -> the same shape.
+
+    With x_i the C channels at position i (positions flattened row-major, i = row * w + col):
+
+        f(x_i) = W_f x_i, g(x_j) = W_g x_j      query / key, C_k = max(1, C // reduction) channels
+        h(x_j) = W_h x_j                         value, C_v = max(1, C // value_reduction) channels
+        beta_ij = softmax_j(f(x_i)^T g(x_j))     over ALL h*w key positions, no 1/sqrt(d) scale
+        o_i = W_v sum_j beta_ij h(x_j)           back to C channels
+        y_i = x_i + gamma * o_i                  gamma a learned scalar, 0 at init
+
+    The 1x1 convolutions are matrices over the channel axis, without biases, as in the paper and
+    the official code. The value width follows the official code (C/2, then the output
+    projection W_v back to C; the paper's W_h, W_v have the same shapes); unlike the official code
+    the keys and values are not max-pooled, so every position attends to every position. Since
+    gamma starts at 0 the block is exactly the identity at init.
+
+    Parameters (logical axes from `axis_names` = (channel axis, inner axis), as `MlpBlock`: the
+    projections into the block are split on the inner axis and the output projection on its
+    input, the Megatron layout): `query` [C, C_k], `key` [C, C_k], `value` [C, C_v], `output`
+    [C_v, C] (glorot-uniform, the official code's init) and `gamma` [] (axes ()).
+
+    The attention map beta `[batch, h*w (queries), h*w (keys)]` (float32) is sown into the
+    'intermediates' collection as 'attention' and returned with `return_attention=True`.
+
+    Attributes:
+      reduction: C / C_k for the query and key (8 in the paper).
+      value_reduction: C / C_v for the value (2 in the official code).
+      axis_names: logical names (channel axis, inner axis) of the kernels.
+      kernel_init: of the four kernels.
+      dtype: compute dtype (the softmax is taken in float32); param_dtype: storage dtype.
+    """
+
+    reduction: int = 8
+    value_reduction: int = 2
+    axis_names: tuple[str | None, str | None] = ("embed", "mlp")
+    kernel_init: Initializer = nn.initializers.xavier_uniform()
+    dtype: jnp.dtype | None = None
+    param_dtype: jnp.dtype = jnp.float32
+
+    def widths(self, channels: int) -> tuple[int, int]:
+        """(C_k, C_v): the query/key and value widths for `channels` input channels."""
+        return max(1, channels // self.reduction), max(1, channels // self.value_reduction)
+
+    def _check(self, x: Array) -> None:
+        if self.reduction < 1 or self.value_reduction < 1:
+            raise ValueError(f"SelfAttention2D reduction={self.reduction} and value_reduction="
+                             f"{self.value_reduction} must be positive integers")
+        if len(self.axis_names) != 2:
+            raise ValueError("SelfAttention2D.axis_names is (channel axis, inner axis), e.g. "
+                             f"('embed', 'mlp'); got {self.axis_names!r}")
+        if x.ndim != 4:
+            raise ValueError(f"SelfAttention2D expects x [batch, height, width, channels], got "
+                             f"shape {x.shape}")
+        if self.has_variable("params", "query"):
+            built = jnp.shape(nn.unbox(self.get_variable("params", "query")))
+            if built[0] != x.shape[-1]:
+                raise ValueError(f"SelfAttention2D: x has {x.shape[-1]} channels (shape "
+                                 f"{x.shape}) but its parameters were built for {built[0]} "
+                                 f"(query kernel {built})")
+
+    @nn.compact
+    def __call__(self, x: Array, *, return_attention: bool = False
+                 ) -> Array | tuple[Array, Array]:
+        """`x [batch, h, w, C]` -> y of the same shape and dtype (and beta `[batch, h*w, h*w]`
+        float32 with `return_attention=True`)."""
+        self._check(x)
+        b, height, width, c = x.shape
+        c_k, c_v = self.widths(c)
+        io_axis, inner_axis = self.axis_names
+
+        def kernel(name: str, shape: tuple[int, int], names: tuple) -> Array:
+            w = self.param(name, nn.with_logical_partitioning(self.kernel_init, names), shape,
+                           self.param_dtype)
+            return w.astype(self.dtype or x.dtype)
+
+        w_f = kernel("query", (c, c_k), (io_axis, inner_axis))
+        w_g = kernel("key", (c, c_k), (io_axis, inner_axis))
+        w_h = kernel("value", (c, c_v), (io_axis, inner_axis))
+        w_v = kernel("output", (c_v, c), (inner_axis, io_axis))
+        gamma = self.param("gamma", nn.with_logical_partitioning(nn.initializers.zeros, ()), (),
+                           self.param_dtype)
+
+        tokens = x.reshape(b, height * width, c).astype(self.dtype or x.dtype)
+        f = tokens @ w_f                                            # [b, n, C_k]
+        g = tokens @ w_g                                            # [b, n, C_k]
+        h = tokens @ w_h                                            # [b, n, C_v]
+        s = jnp.einsum("bik,bjk->bij", f, g,                        # [b, n (queries), n (keys)]
+                       preferred_element_type=jnp.float32)
+        beta = jax.nn.softmax(s, axis=-1)
+        self.sow("intermediates", "attention", beta)
+        o = jnp.einsum("bij,bjv->biv", beta.astype(h.dtype), h) @ w_v   # [b, n, C]
+        y = x + (gamma.astype(o.dtype) * o).reshape(x.shape).astype(x.dtype)
+        return (y, beta) if return_attention else y

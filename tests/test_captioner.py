@@ -111,3 +111,21 @@ def test_bad_images_and_backbones_are_refused():
         captioner(backbone="vit")
     with pytest.raises(ValueError, match="model.name='nope' is unknown"):
         captioner(backbone=dict(name="nope")).init(jax.random.key(0), images(), TARGETS)
+
+
+def test_cnn_backbone_gives_its_feature_grid_as_memory():
+    """backbone={'name': 'cnn', ...}: the conv net's 8x8 grid (16x16 images, one stride-2 stage)
+    is the memory, 64 annotation vectors; the teacher-forced logits are [batch, tgt_len, vocab]."""
+    from attn_jax.models.cnn import CNN
+
+    cnn = dict(name="cnn", widths=(8, 16), blocks_per_stage=1, num_groups=4, attention_stage=-1)
+    model = captioner(backbone=cnn, memory_dim=12)
+    x = images()
+    params = model.init(jax.random.key(1), x, TARGETS)["params"]
+    assert "head" not in params["image_encoder"] and "attention" in params["image_encoder"]
+    memory, mask = model.apply({"params": params}, x, method="encode")
+    grid = CNN(widths=(8, 16)).grid_shape(x.shape[1:])
+    assert grid == (8, 8) and memory.shape == (3, 64, 12) and bool(mask.all())
+    logits = model.apply({"params": params}, x, TARGETS)
+    assert logits.shape == (3, TARGETS.shape[1], 20)
+    assert np.isfinite(np.asarray(logits)).all()

@@ -51,6 +51,25 @@ def _rnn_seq2seq_count(kind, vocab, e, h, enc_h, enc_layers, dirs, attn):
         h * vocab + vocab)
 
 
+def _sagan_count(c, reduction=8, value_reduction=2):
+    """SAGAN (Zhang et al. 2019, sec. 3): W_f, W_g [C, C/8], W_h [C, C/2], W_v [C/2, C], gamma."""
+    c_k, c_v = max(1, c // reduction), max(1, c // value_reduction)
+    return 2 * c * c_k + c * c_v + c_v * c + 1
+
+
+def _cnn_count(channels, widths, depth, classes, attention_width=None):
+    """Pre-activation ResNet: bias-free 3x3 stem; per block two norms (scale + bias), two bias-free
+    3x3 convs and a 1x1 shortcut when the shape changes; final norm; linear head."""
+    n, prev = 9 * channels * widths[0], widths[0]
+    for s, w in enumerate(widths):
+        for i in range(depth):
+            n += 2 * prev + 9 * prev * w + 2 * w + 9 * w * w
+            n += prev * w if (prev != w or (s > 0 and i == 0)) else 0
+            prev = w
+    n += _sagan_count(attention_width) if attention_width else 0
+    return n + 2 * prev + prev * classes + classes
+
+
 # name -> (kwargs, inputs (a function of the model), output shape, parameter count or None)
 ENTRIES = {
     "vit": (dict(num_classes=10, patch_size=4, hidden_size=32, depth=2, num_heads=4, mlp_dim=64),
@@ -60,6 +79,10 @@ ENTRIES = {
                    channels_mlp_dim=64),
               lambda: (jnp.zeros((2, 16, 12, 3)),), (2, 10),
               _mixer_count(32, 2, 24, 64, 4, 3, 4 * 3, 10)),
+    "cnn": (dict(num_classes=10, widths=(8, 16), blocks_per_stage=2, num_groups=4,
+                 attention_stage=1),
+            lambda: (jnp.zeros((2, 16, 16, 3)),), (2, 10),
+            _cnn_count(3, (8, 16), 2, 10, attention_width=16)),
     "unet": (dict(ch=16, ch_mult=(1, 2), num_res_blocks=1, attn_resolutions=(4,), num_groups=8,
                   out_channels=3),
              lambda: (jnp.zeros((2, 8, 8, 3)), jnp.zeros((2,), jnp.int32)), (2, 8, 8, 3), None),

@@ -13,6 +13,7 @@ import flax.linen as nn
 MODELS = {
     "vit": "attn_jax.models.vit:ViT",
     "mixer": "attn_jax.models.mixer:MlpMixer",
+    "cnn": "attn_jax.models.cnn:CNN",
     "unet": "attn_jax.models.unet:UNet",
     "transformer": "attn_jax.models.transformer_presets:encoder_decoder",
     "decoder_lm": "attn_jax.models.transformer_presets:decoder_lm",

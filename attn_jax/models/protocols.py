@@ -9,6 +9,8 @@ Image encoder (ViT, MLP-Mixer; later CNNs), applied with `model.apply(variables,
   `__call__(images [b, h, w, c], train) -> logits [b, classes]`
   `features(images) -> [b, d]`         pooled representation (FID features, linear probes)
   `encode(images) -> [b, n, d]`        tokens (a captioning encoder, a detection backbone)
+  Optional, for attention overlays: `grid_shape(image_shape) -> (h', w')`, a plain (`nn.nowrap`)
+      method: `encode`'s tokens are that grid's cells, row-major (the CNN of models/cnn.py)
 
 Encoder-decoder (the Transformer, the recurrent seq2seq; later the captioners):
   `encode(source, deterministic) -> (memory [b, s, d], memory_mask [b, s] bool)`

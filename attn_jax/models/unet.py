@@ -11,6 +11,7 @@ keeps `MultiHeadAttention`'s single kernel_init (the reference zero-initialises 
 Images are channels-last `[batch, height, width, channels]`; timesteps are `[batch]` (int or
 float). The CIFAR-10 model (`ch=128, ch_mult=(1, 2, 2, 2), num_res_blocks=2,
 attn_resolutions=(16,), dropout=0.1`) has 35.7M parameters (Ho et al. Appendix B).
+`attn_type='sagan'` swaps every attention block for SAGAN's (Zhang et al. 2019).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.attention import MultiHeadAttention
+from attn_jax.layers import SelfAttention2D
 from attn_jax.positional import timing_signal
 
 Array = jax.Array
@@ -102,16 +104,28 @@ class ResnetBlock(nn.Module):
 
 
 class AttnBlock(nn.Module):
-    """x + MultiHeadAttention(GroupNorm(x)) over the H*W positions: `[b, H, W, C]` -> same."""
+    """Self-attention over the H*W positions of a feature map: `[b, H, W, C]` -> same.
+
+    attn_type 'mha' (DDPM): x + MultiHeadAttention(GroupNorm(x)), the output projection
+    zero-initialised. 'sagan': `attn_jax.layers.SelfAttention2D` (Zhang et al. 2019) on x as
+    published, without the GroupNorm: x + gamma * o(x), gamma = 0 at init. Both are the identity
+    at init.
+    """
 
     num_heads: int = 1
     num_groups: int = 32
+    attn_type: str = "mha"
     attention_implementation: str | None = None
     dtype: jnp.dtype | None = None
     param_dtype: jnp.dtype = jnp.float32
 
     @nn.compact
     def __call__(self, x: Array) -> Array:
+        if self.attn_type == "sagan":
+            return SelfAttention2D(kernel_init=default_init, dtype=self.dtype,
+                                   param_dtype=self.param_dtype, name="attn")(x)
+        if self.attn_type != "mha":
+            raise ValueError(f"attn_type must be 'mha' or 'sagan', got {self.attn_type!r}")
         b, height, width, c = x.shape
         h = _group_norm(self, "norm")(x).reshape(b, height * width, c)
         h = MultiHeadAttention(
@@ -139,6 +153,8 @@ class UNet(nn.Module):
       dropout: dropout rate inside the residual blocks (rng collection 'dropout').
       out_channels: output channels; default the input's (use 2x for a learned variance).
       num_heads: heads of the self-attention blocks (the reference uses 1).
+      attn_type: 'mha' (DDPM's GroupNorm + multi-head attention, the default) or 'sagan'
+        (SAGAN's block, `attn_jax.layers.SelfAttention2D`; see `AttnBlock`).
       num_groups: GroupNorm groups.
       resamp_with_conv: conv in the down/upsampling layers (else average pool / plain nearest).
       attention_implementation: passed to `MultiHeadAttention` (None = automatic).
@@ -153,6 +169,7 @@ class UNet(nn.Module):
     out_channels: int | None = None
     num_heads: int = 1
     num_groups: int = 32
+    attn_type: str = "mha"
     resamp_with_conv: bool = True
     attention_implementation: str | None = None
     dtype: jnp.dtype | None = None
@@ -165,6 +182,8 @@ class UNet(nn.Module):
             )
         if t.shape != x.shape[:1]:
             raise ValueError(f"UNet expects t [batch]={x.shape[:1]}, got shape {t.shape}")
+        if self.attn_type not in ("mha", "sagan"):
+            raise ValueError(f"attn_type must be 'mha' or 'sagan', got {self.attn_type!r}")
         levels = len(self.ch_mult)
         factor = 2 ** (levels - 1)
         _, height, width, _ = x.shape
@@ -199,7 +218,8 @@ class UNet(nn.Module):
             out_ch, dropout=self.dropout, name=name, **kw
         )
         attnblock = lambda name: AttnBlock(  # noqa: E731
-            self.num_heads, attention_implementation=self.attention_implementation, name=name, **kw
+            self.num_heads, attn_type=self.attn_type,
+            attention_implementation=self.attention_implementation, name=name, **kw
         )
 
         def dense(features: int, names: tuple[str, str], name: str) -> nn.Dense:
