@@ -329,12 +329,13 @@ def test_scenes_plug_into_the_seq2seq_task_as_an_image_source(tmp_path):
     config.data = dict(dataset="scenes_digits", tokenizer="byte", max_tgt_len=56,
                        train_size=64, validation_size=16, test_size=16,
                        references_per_scene=5, eval_splits=["validation"])
-    # convert_dict=False keeps the backbone a dict: the captioner refuses a nested ConfigDict
-    # (not a Mapping), which `Task.build_registered_model` passes on as it is.
-    config.model = ml_collections.ConfigDict(dict(
+    # A nested section (the backbone) reaches the model as a plain dict: `Task.build_registered_model`
+    # converts the ConfigDict, as every config file writes it.
+    config.model = dict(
         name="rnn_captioner", embed_dim=8, hidden=16, image_shape=(32, 32, 1),
         backbone=dict(name="vit", num_classes=None, patch_size=8, hidden_size=16, depth=1,
-                      num_heads=2, mlp_dim=32, pool_type="gap")), convert_dict=False)
+                      num_heads=2, mlp_dim=32, pool_type="gap"))
+    assert isinstance(config.model.backbone, ml_collections.ConfigDict)
     config.batch_size = 4
     task = tasks.get_task("seq2seq")(config)
     task.validate()

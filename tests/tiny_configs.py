@@ -13,6 +13,8 @@ Kinds:
   seq2seq         dates (3 locales) -> ISO with a 1+1-layer byte Transformer, 8 heads
   rnn_seq2seq     the same dates with the recurrent seq2seq (bidirectional LSTM, additive
                   attention; widths divisible by 8 devices)
+  captioner       Show, Attend and Tell on the digits scenes (32x32 canvases, 1-2 items): the
+                  recurrent captioner over a two-stage CNN with a SAGAN block, byte captions
   lm              a 1-layer byte GPT on `tiny_corpus(data_dir)`
   lstm_lm         a 2-layer byte LSTM, stateful, truncated BPTT in chunks of 8 (same corpus)
 
@@ -131,6 +133,19 @@ def rnn_seq2seq(data_dir: str = "") -> ml_collections.ConfigDict:
     return config
 
 
+def captioner(data_dir: str = "") -> ml_collections.ConfigDict:
+    config = seq2seq(data_dir)
+    config.data = dict(dataset="scenes_digits", tokenizer="byte", max_tgt_len=40, max_items=2,
+                       train_size=64, validation_size=16, test_size=16, references_per_scene=2,
+                       eval_splits=["validation"])
+    config.evals.decode.update(num_examples_shown=1)
+    config.model = dict(name="rnn_captioner", cell="lstm", attention="additive", embed_dim=16,
+                        hidden=16, attention_dim=16, image_shape=(32, 32, 1), dropout_rate=0.0,
+                        backbone=dict(name="cnn", num_classes=None, widths=(8, 16),
+                                      blocks_per_stage=1, num_groups=4, attention_stage=1))
+    return config
+
+
 def tiny_corpus(data_dir: str) -> str:
     """Eight small generated .py files under `data_dir` (written once)."""
     root = os.path.join(data_dir, "tiny_py_corpus")
@@ -171,12 +186,15 @@ def lstm_lm(data_dir: str) -> ml_collections.ConfigDict:
 
 
 KINDS = {"classification": classification, "mixer": mixer, "process": process, "classifier": classifier,
-         "diffusion": diffusion, "seq2seq": seq2seq, "rnn_seq2seq": rnn_seq2seq, "lm": lm,
+         "diffusion": diffusion, "seq2seq": seq2seq, "rnn_seq2seq": rnn_seq2seq,
+         "captioner": captioner, "lm": lm,
          "lstm_lm": lstm_lm}
-# One per registered task, plus the recurrent seq2seq and the stateful LSTM LM: model families
+# One per registered task, plus the Mixer, the recurrent seq2seq, the captioner (images in, text
+# out) and the stateful LSTM LM: model families
 # whose state is a carry (the LM's crosses steps in the train state), through the same mesh and
 # resume checks.
-TASK_KINDS = ("classification", "diffusion", "seq2seq", "rnn_seq2seq", "lm", "lstm_lm")
+TASK_KINDS = ("classification", "mixer", "diffusion", "seq2seq", "rnn_seq2seq", "captioner", "lm",
+              "lstm_lm")
 
 
 def set_keys(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:

@@ -79,7 +79,8 @@ class Task(abc.ABC):
     def build_registered_model(self, **fixed: Any) -> nn.Module:
         """`config.model` (name + fields) from the registry, with `fixed` fields the data
         decides (a field given in the config too must agree)."""
-        kwargs = dict(self.config.model)
+        model = self.config.model  # nested sections (a captioner's backbone) as plain dicts
+        kwargs = model.to_dict() if hasattr(model, "to_dict") else dict(model)
         name = kwargs.pop("name", None)
         if name is None:
             raise ValueError("config.model.name is required (e.g. 'vit')")
