@@ -115,7 +115,9 @@ def _pairwise(a: Array, b: Array) -> tuple[Array, Array]:
     _check_last_axis("boxes1", a)
     _check_last_axis("boxes2", b)
     if a.ndim < 2 or b.ndim < 2:
-        raise ValueError(f"pairwise boxes must be [..., n, 4] and [..., m, 4], got {a.shape}, {b.shape}")
+        raise ValueError(
+            f"pairwise boxes must be [..., n, 4] and [..., m, 4], got {a.shape}, {b.shape}"
+        )
     return a[..., :, None, :], b[..., None, :, :]
 
 
@@ -132,5 +134,8 @@ def box_iou(boxes1: Array, boxes2: Array) -> tuple[Array, Array]:
 
 
 def generalized_box_iou(boxes1: Array, boxes2: Array) -> Array:
-    """Pairwise generalized IoU (Rezatofighi et al. 2019): `[..., n, 4], [..., m, 4] -> [..., n, m]`."""
+    """Pairwise generalized IoU (Rezatofighi et al. 2019) of xyxy boxes.
+
+    `[..., n, 4], [..., m, 4] -> [..., n, m]`, in [-1, 1].
+    """
     return generalized_box_iou_elementwise(*_pairwise(boxes1, boxes2))

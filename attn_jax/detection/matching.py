@@ -88,7 +88,9 @@ def matching_cost(
     Returns:
       `[..., N, M]` float32 cost, finite.
     """
-    _check_shapes(pred_logits.shape, pred_boxes.shape, tgt_labels.shape, tgt_boxes.shape, tgt_mask.shape)
+    _check_shapes(
+        pred_logits.shape, pred_boxes.shape, tgt_labels.shape, tgt_boxes.shape, tgt_mask.shape
+    )
     num_classes = pred_logits.shape[-1] - 1
     prob = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)  # [..., N, K+1]
     labels = jnp.clip(tgt_labels, 0, num_classes)
@@ -100,7 +102,8 @@ def matching_cost(
     bbox_cost = jnp.sum(jnp.abs(pb[..., :, None, :] - tb[..., None, :, :]), axis=-1)
     giou_cost = -generalized_box_iou(cxcywh_to_xyxy(pb), cxcywh_to_xyxy(tb))
     cost = cost_class * class_cost + cost_bbox * bbox_cost + cost_giou * giou_cost
-    cost = jnp.nan_to_num(cost, nan=_NONFINITE_COST, posinf=_NONFINITE_COST, neginf=-_NONFINITE_COST)
+    big = _NONFINITE_COST
+    cost = jnp.nan_to_num(cost, nan=big, posinf=big, neginf=-big)
     return jnp.where(tgt_mask[..., None, :], cost, 0.0)
 
 
@@ -119,7 +122,7 @@ def assign(cost: Array, *, backend: str = "optax") -> Array:
         raise ValueError(f"cost must be [..., N, M], got {cost.shape}")
     n, m = cost.shape[-2:]
     check_num_queries(n, m)
-    cost = jax.lax.stop_gradient(cost.astype(jnp.float32))
+    cost = jax.lax.stop_gradient(jnp.asarray(cost, jnp.float32))
     if m == 0:
         return jnp.zeros(cost.shape[:-2] + (0,), jnp.int32)
     if backend == "scipy":
@@ -200,7 +203,8 @@ def _check_shapes(logits_shape, boxes_shape, labels_shape, tgt_boxes_shape, mask
     )
     if len(logits_shape) < 2 or logits_shape[-1] < 2:
         raise ValueError(
-            f"pred_logits must be [..., N, num_classes + 1] with num_classes >= 1, got {logits_shape}"
+            f"pred_logits must be [..., N, num_classes + 1] with num_classes >= 1, "
+            f"got {logits_shape}"
         )
     if boxes_shape != logits_shape[:-1] + (4,):
         raise ValueError(

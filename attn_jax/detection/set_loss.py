@@ -78,7 +78,8 @@ def _layer_losses(
     valid = match.valid.astype(jnp.float32)  # [B, M]
     l1 = jnp.sum(jnp.abs(src - tgt_boxes), axis=-1)
     giou = generalized_box_iou_elementwise(cxcywh_to_xyxy(src), cxcywh_to_xyxy(tgt_boxes))
-    # Cardinality error (logged only, as the official code): |#non-no-object predictions - #objects|.
+    # Cardinality error (logged only, as in the official code):
+    # |#queries not predicting no-object - #objects|, averaged over images.
     card = jnp.sum(jnp.argmax(pred_logits, -1) != num_classes, -1) - jnp.sum(tgt_mask, -1)
     return {
         "loss_ce": loss_ce,
@@ -127,11 +128,16 @@ def set_loss_with_aux(
       concrete (outside jit) also on bad values (`targets.validate_targets`).
     """
     if layer_logits.ndim != 4:
-        raise ValueError(f"layer_logits must be [L, B, N, num_classes + 1], got {layer_logits.shape}")
+        raise ValueError(
+            f"layer_logits must be [L, B, N, num_classes + 1], got {layer_logits.shape}"
+        )
     if layer_boxes.shape[:1] != layer_logits.shape[:1]:
-        raise ValueError(f"layer_boxes {layer_boxes.shape} and layer_logits {layer_logits.shape} differ in L")
+        raise ValueError(
+            f"layer_boxes {layer_boxes.shape} and layer_logits {layer_logits.shape} differ in L"
+        )
     _check_shapes(
-        layer_logits.shape[1:], layer_boxes.shape[1:], tgt_labels.shape, tgt_boxes.shape, tgt_mask.shape
+        layer_logits.shape[1:], layer_boxes.shape[1:],
+        tgt_labels.shape, tgt_boxes.shape, tgt_mask.shape,
     )
     num_layers, _, n, k1 = layer_logits.shape
     if not any(isinstance(x, jax.core.Tracer) for x in (tgt_labels, tgt_boxes, tgt_mask)):

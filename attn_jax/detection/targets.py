@@ -75,9 +75,9 @@ def validate_targets(
     counts = mask.sum(-1)
     if m > num_queries:
         raise ValueError(
-            f"more objects than queries: targets are padded to M={m} slots (largest real count "
-            f"{int(counts.max()) if counts.size else 0}) but the model has num_queries={num_queries}; "
-            f"M must be <= num_queries"
+            f"more objects than queries: targets are padded to M={m} slots (largest real "
+            f"count {int(counts.max()) if counts.size else 0}) but the model has "
+            f"num_queries={num_queries}; M must be <= num_queries"
         )
 
     def where(bad):
