@@ -16,6 +16,7 @@ from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from attn_jax import detection as det
+from attn_jax.data.datasets import scenes as sc
 
 # ----------------------------------------------------------------------------- NumPy references
 
@@ -416,13 +417,19 @@ def test_bad_targets_raise_value_errors_naming_the_problem():
         det.assign(jnp.zeros((3, 2)), backend="lapjv")
 
 
-def test_pad_targets_builds_the_padded_layout():
-    boxes = [np.array([[0.5, 0.5, 0.2, 0.2]]), np.zeros((0, 4)), np.full((3, 4), 0.25)]
-    labels = [np.array([2]), np.zeros((0,), int), np.array([0, 1, 2])]
-    b, lab, mask = det.pad_targets(boxes, labels, num_slots=4)
-    assert b.shape == (3, 4, 4) and lab.shape == mask.shape == (3, 4)
-    np.testing.assert_array_equal(mask.sum(1), [1, 0, 3])
-    np.testing.assert_array_equal(lab[2, :3], [0, 1, 2])
-    det.validate_targets(b, lab, mask, num_classes=3, num_queries=4)
-    with pytest.raises(ValueError, match="image 2 has 3 objects, more than num_slots=2"):
-        det.pad_targets(boxes, labels, num_slots=2)
+def test_scenes_detection_batches_are_valid_targets():
+    # The layout the shared batcher gives (scenes.detection_batch, padded by pad_to_count) is the
+    # one the loss takes: predictions equal to the targets leave only the CE term.
+    scenes = sc.Scenes("validation", source="digits", num_examples=2)
+    batch = sc.detection_batch(scenes, range(2))
+    boxes, labels, mask = batch["boxes"], batch["labels"], batch["box_mask"]
+    num_classes, n = 10, 6
+    det.validate_targets(boxes, labels, mask, num_classes=num_classes, num_queries=n)
+    pred_boxes = np.full((2, n, 4), 0.5, np.float32)
+    logits = np.zeros((2, n, num_classes + 1), np.float32)
+    pred_boxes[:, : boxes.shape[1]] = boxes
+    logits[:, : boxes.shape[1]] = 9.0 * np.eye(num_classes + 1)[labels]
+    out = set_loss_jit(logits, pred_boxes, labels, boxes, mask.astype(np.float32))  # 0/1 mask
+    assert float(out["num_boxes"]) == mask.sum()
+    assert float(out["loss_bbox"]) <= 1e-6 and float(out["loss_giou"]) <= 1e-6
+    assert_loss_close(out, np_detr_loss(logits, pred_boxes, labels, boxes, mask))

@@ -23,7 +23,7 @@ from attn_jax.detection.matching import (
     matching_cost,
 )
 from attn_jax.detection.set_loss import COMPONENTS, set_loss, set_loss_with_aux
-from attn_jax.detection.targets import pad_targets, validate_targets
+from attn_jax.detection.targets import validate_targets
 
 __all__ = [
     "BACKENDS",
@@ -41,7 +41,6 @@ __all__ = [
     "generalized_box_iou_elementwise",
     "hungarian_match",
     "matching_cost",
-    "pad_targets",
     "set_loss",
     "set_loss_with_aux",
     "validate_targets",

@@ -84,7 +84,7 @@ def matching_cost(
       pred_boxes: `[..., N, 4]` cxcywh, normalised.
       tgt_labels: `[..., M]` int in [0, num_classes) where tgt_mask (anything elsewhere).
       tgt_boxes: `[..., M, 4]` cxcywh, normalised (anything where not tgt_mask).
-      tgt_mask: `[..., M]` bool, True for real objects.
+      tgt_mask: `[..., M]` bool (or 0/1), True for real objects.
     Returns:
       `[..., N, M]` float32 cost, finite.
     """
@@ -92,6 +92,7 @@ def matching_cost(
         pred_logits.shape, pred_boxes.shape, tgt_labels.shape, tgt_boxes.shape, tgt_mask.shape
     )
     num_classes = pred_logits.shape[-1] - 1
+    tgt_mask = jnp.asarray(tgt_mask).astype(bool)
     prob = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)  # [..., N, K+1]
     labels = jnp.clip(tgt_labels, 0, num_classes)
     # prob[..., i, labels[..., j]] -> [..., N, M]
@@ -184,14 +185,14 @@ def hungarian_match(
     )
     pred_idx = assign(cost, backend=backend)
     tgt_idx = jnp.broadcast_to(jnp.arange(m, dtype=jnp.int32), pred_idx.shape)
-    return Matching(pred_idx, tgt_idx, jnp.asarray(tgt_mask, bool))
+    return Matching(pred_idx, tgt_idx, jnp.asarray(tgt_mask).astype(bool))
 
 
 def _fill_padded_boxes(tgt_boxes: Array, tgt_mask: Array) -> Array:
     """Padded slots -> the unit box, so that garbage (even NaN) there cannot reach any value or
     gradient."""
     unit = jnp.asarray([0.5, 0.5, 1.0, 1.0], jnp.float32)
-    return jnp.where(tgt_mask[..., None], tgt_boxes.astype(jnp.float32), unit)
+    return jnp.where(jnp.asarray(tgt_mask).astype(bool)[..., None], tgt_boxes.astype(jnp.float32), unit)
 
 
 def _check_shapes(logits_shape, boxes_shape, labels_shape, tgt_boxes_shape, mask_shape) -> None:

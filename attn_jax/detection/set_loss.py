@@ -113,7 +113,7 @@ def set_loss_with_aux(
       layer_boxes: `[L, B, N, 4]` cxcywh normalised (after the sigmoid).
       tgt_labels: `[B, M]` int in [0, num_classes) where tgt_mask.
       tgt_boxes: `[B, M, 4]` cxcywh normalised.
-      tgt_mask: `[B, M]` bool, True for real objects. M <= N.
+      tgt_mask: `[B, M]` bool (or 0/1), True for real objects. M <= N.
       eos_coef: the no-object class weight in the CE.
       weight_ce, weight_bbox, weight_giou: the loss weights (1, 5, 2).
       cost_class, cost_bbox, cost_giou: the matching cost weights (1, 5, 2).
@@ -144,6 +144,7 @@ def set_loss_with_aux(
         validate_targets(
             np.asarray(tgt_boxes), np.asarray(tgt_labels), np.asarray(tgt_mask), k1 - 1, n
         )
+    tgt_mask = jnp.asarray(tgt_mask).astype(bool)
     num_boxes = jnp.maximum(jnp.sum(tgt_mask.astype(jnp.float32)), 1.0)
     per_layer = jax.vmap(
         lambda lg, bx: _layer_losses(

@@ -1,50 +1,17 @@
-"""Host-side (NumPy) handling of detection targets: padding a list of images' objects to a fixed
-count M with a mask, and checking a padded batch before it reaches a compiled step.
+"""Host-side (NumPy) checks of a padded detection batch before it reaches a compiled step.
 
 Padded layout (what `matching` and `set_loss` take): labels `[B, M]` int, boxes `[B, M, 4]` cxcywh
-normalised to [0, 1], mask `[B, M]` bool (True = a real object). Values in padded slots are
-ignored everywhere.
+normalised to [0, 1], mask `[B, M]` bool or 0/1 (True = a real object); values in padded slots
+are ignored everywhere. `attn_jax.data.batcher.pad_to_count` pads per-image objects to this layout
+(`attn_jax.data.datasets.scenes.detection_batch` is an example: 'boxes', 'labels', 'box_mask').
 """
 
 from __future__ import annotations
-
-from collections.abc import Sequence
 
 import numpy as np
 
 # Normalised coordinates computed in float32 can land a rounding error outside [0, 1].
 _RANGE_TOL = 1e-5
-
-
-def pad_targets(
-    boxes: Sequence[np.ndarray], labels: Sequence[np.ndarray], num_slots: int
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Pads per-image objects to `num_slots`.
-
-    Args:
-      boxes: per image, `[k_i, 4]` (any format; copied as is).
-      labels: per image, `[k_i]` int.
-      num_slots: M, at least max k_i (and at most the model's number of queries).
-    Returns:
-      (boxes `[B, M, 4]` float32, zeros in padded slots; labels `[B, M]` int32, 0 there;
-      mask `[B, M]` bool).
-    """
-    if len(boxes) != len(labels):
-        raise ValueError(f"{len(boxes)} box arrays but {len(labels)} label arrays")
-    out_boxes = np.zeros((len(boxes), num_slots, 4), np.float32)
-    out_labels = np.zeros((len(boxes), num_slots), np.int32)
-    mask = np.zeros((len(boxes), num_slots), bool)
-    for i, (b, lab) in enumerate(zip(boxes, labels)):
-        b = np.asarray(b, np.float32).reshape(-1, 4)
-        lab = np.asarray(lab).reshape(-1)
-        if len(b) != len(lab):
-            raise ValueError(f"image {i}: {len(b)} boxes {b.shape} but {len(lab)} labels")
-        if len(b) > num_slots:
-            raise ValueError(f"image {i} has {len(b)} objects, more than num_slots={num_slots}")
-        out_boxes[i, : len(b)] = b
-        out_labels[i, : len(b)] = lab
-        mask[i, : len(b)] = True
-    return out_boxes, out_labels, mask
 
 
 def validate_targets(
