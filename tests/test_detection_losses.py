@@ -227,6 +227,14 @@ def test_optax_matches_scipy_with_fewer_rows_than_columns():
     np.testing.assert_allclose(c[np.asarray(i), np.asarray(j)].sum(), _scipy_cost(c), rtol=1e-5)
     with pytest.raises(ValueError, match=r"more target slots \(7\) than queries \(3\)"):
         det.assign(c)
+    # Non-finite costs (a diverged prediction) still give a valid assignment.
+    bad = c.T.copy()
+    bad[0, :] = np.nan
+    bad[2, 1] = np.inf
+    rows = np.asarray(assign_jit(bad))
+    assert len(set(rows.tolist())) == 3 and 0 not in rows and rows[1] != 2
+    finite = np.nan_to_num(bad, nan=1e6, posinf=1e6)
+    np.testing.assert_allclose(finite[rows, np.arange(3)].sum(), _scipy_cost(finite), rtol=1e-6)
 
 
 def test_padded_targets_never_change_the_real_matching():

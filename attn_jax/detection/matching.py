@@ -86,7 +86,7 @@ def matching_cost(
       tgt_boxes: `[..., M, 4]` cxcywh, normalised (anything where not tgt_mask).
       tgt_mask: `[..., M]` bool (or 0/1), True for real objects.
     Returns:
-      `[..., N, M]` float32 cost, finite.
+      `[..., N, M]` float32 cost (non-finite only where the predictions are).
     """
     _check_shapes(
         pred_logits.shape, pred_boxes.shape, tgt_labels.shape, tgt_boxes.shape, tgt_mask.shape
@@ -103,8 +103,6 @@ def matching_cost(
     bbox_cost = jnp.sum(jnp.abs(pb[..., :, None, :] - tb[..., None, :, :]), axis=-1)
     giou_cost = -generalized_box_iou(cxcywh_to_xyxy(pb), cxcywh_to_xyxy(tb))
     cost = cost_class * class_cost + cost_bbox * bbox_cost + cost_giou * giou_cost
-    big = _NONFINITE_COST
-    cost = jnp.nan_to_num(cost, nan=big, posinf=big, neginf=-big)
     return jnp.where(tgt_mask[..., None, :], cost, 0.0)
 
 
@@ -112,7 +110,8 @@ def assign(cost: Array, *, backend: str = "optax") -> Array:
     """Minimum-cost assignment of every column to a distinct row.
 
     Args:
-      cost: `[..., N, M]` with N >= M (rows are queries, columns target slots), finite.
+      cost: `[..., N, M]` with N >= M (rows are queries, columns target slots); NaN and +-inf
+        entries are replaced by +-1e6 so that the assignment stays defined.
       backend: 'optax' (on device) or 'scipy' (host, via `jax.pure_callback`).
     Returns:
       `[..., M]` int32: the row assigned to each column.
@@ -124,6 +123,8 @@ def assign(cost: Array, *, backend: str = "optax") -> Array:
     n, m = cost.shape[-2:]
     check_num_queries(n, m)
     cost = jax.lax.stop_gradient(jnp.asarray(cost, jnp.float32))
+    big = _NONFINITE_COST
+    cost = jnp.nan_to_num(cost, nan=big, posinf=big, neginf=-big)
     if m == 0:
         return jnp.zeros(cost.shape[:-2] + (0,), jnp.int32)
     if backend == "scipy":
