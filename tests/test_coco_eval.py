@@ -198,3 +198,19 @@ def test_post_processed_predictions_score_one_on_their_own_boxes():
     logits = np.array([[[0.0, 8.0, 0.0]]])                              # class index 1 -> id 2
     preds = detections_to_coco(logits, box, [0], [(100, 100)])
     assert coco_map(gt, preds)["AP"] == pytest.approx(1.0)
+
+
+def test_scenes_ground_truth_against_its_own_boxes():
+    """The scenes dataset's COCO dict (category_id = label + 1) is accepted as is: its own boxes
+    score AP 1, and the same boxes with the wrong categories score 0."""
+    from attn_jax.data.datasets import scenes as sc
+
+    gt = sc.coco_dict(sc.Scenes("validation", source="digits", num_examples=6))
+    assert gt["annotations"]
+    hits = [{"image_id": a["image_id"], "category_id": a["category_id"], "bbox": a["bbox"],
+             "score": 1.0} for a in gt["annotations"]]
+    assert coco_map(gt, hits)["AP"] == pytest.approx(1.0)
+    ids = [c["id"] for c in gt["categories"]]
+    wrong = [{**h, "category_id": ids[(ids.index(h["category_id"]) + 1) % len(ids)]}
+             for h in hits]
+    assert coco_map(gt, wrong)["AP"] == 0.0
