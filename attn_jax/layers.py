@@ -262,7 +262,8 @@ class TransformerBlock(nn.Module):
         query_pos: Array | None = None,
         memory_pos: Array | None = None,
         deterministic: bool = True,
-    ) -> Array:
+        return_cross_attention: bool = False,
+    ) -> Array | tuple[Array, Array]:
         """Applies the block.
 
         Args:
@@ -276,10 +277,15 @@ class TransformerBlock(nn.Module):
             keys (not its values) and to the cross-attention's queries (DETR).
           memory_pos: `[batch | 1, src_len, mem_features]` added to the cross-attention's keys.
           deterministic: no dropout / drop-path (evaluation).
+          return_cross_attention: also return the cross-attention weights `[batch, heads,
+            length, src_len]` (float32, before dropout; runs that attention's reference path).
 
         Returns:
-          `[batch, length, features]`.
+          `[batch, length, features]`, or (that, the weights) with `return_cross_attention`.
         """
+        if return_cross_attention and not self.cross_attention:
+            raise ValueError("return_cross_attention=True needs a TransformerBlock with "
+                             "cross_attention=True")
         cross_mask = self._check(x, mask, memory, memory_mask, query_pos)
         dropout = nn.Dropout(rate=self.dropout_rate)
         pre = self.norm == "pre"
@@ -306,12 +312,17 @@ class TransformerBlock(nn.Module):
         x = residual(x, "self_attention_norm", attend_self, True)
         if self.cross_attention:
             cross_attention = self._attention("cross_attention", False)
-            x = residual(
-                x, "cross_attention_norm",
-                lambda h: cross_attention(with_pos(h, query_pos), with_pos(memory, memory_pos),
-                                          memory, mask=cross_mask, deterministic=deterministic),
-                True,
-            )
+
+            def attend_memory(h: Array) -> Array:
+                out = cross_attention(with_pos(h, query_pos), with_pos(memory, memory_pos),
+                                      memory, mask=cross_mask, deterministic=deterministic,
+                                      return_weights=return_cross_attention)
+                if return_cross_attention:
+                    out, cross_weights[0] = out
+                return out
+
+            cross_weights = [None]
+            x = residual(x, "cross_attention_norm", attend_memory, True)
         mlp = MlpBlock(
             mlp_dim=self.mlp_dim,
             dropout_rate=self.dropout_rate,
@@ -323,7 +334,8 @@ class TransformerBlock(nn.Module):
             out_kernel_init=self.residual_kernel_init,
             name="mlp",
         )
-        return residual(x, "mlp_norm", lambda h: mlp(h, deterministic=deterministic), False)
+        x = residual(x, "mlp_norm", lambda h: mlp(h, deterministic=deterministic), False)
+        return (x, cross_weights[0]) if return_cross_attention else x
 
 
 class SelfAttention2D(nn.Module):

@@ -161,6 +161,52 @@ def sincos_2d_positions(
     return pe.astype(dtype)
 
 
+def detr_sine_positions(
+    height: int,
+    width: int,
+    dim: int,
+    temperature: float = 10_000.0,
+    normalize: bool = True,
+    scale: float = 2 * math.pi,
+    dtype: jnp.dtype = jnp.float32,
+) -> Array:
+    """DETR's 2-D sine encoding of a `height x width` feature grid: `[height * width, dim]`.
+
+    The `PositionEmbeddingSine` of the official DETR code (Carion et al. 2020, sec. 3.2 and
+    appendix A.4), for an unpadded grid. With F = dim / 2 channels per axis, the 1-based
+    coordinates y = row + 1, x = col + 1, normalised (normalize=True) to
+    y * scale / (height + 1e-6) (so the last row sits at ~scale = 2 pi), and
+    dim_t[k] = temperature ** (2 * (k // 2) / F):
+
+        channel k < F       (y):  sin(y / dim_t[k]) for even k, cos(y / dim_t[k]) for odd k
+        channel F + k       (x):  the same with x
+
+    Rows are the grid row-major (k = row * width + col), matching a flattened feature map.
+    Unlike `sincos_2d_positions` (MoCo v3 / big_vision) the sines and cosines interleave, y
+    comes first and the coordinates are normalised, so the encoding does not depend on the
+    grid's size.
+    """
+    if dim % 4 != 0 or dim < 4:
+        raise ValueError(f"detr_sine_positions needs dim divisible by 4, got dim={dim}")
+    if height < 1 or width < 1:
+        raise ValueError(f"detr_sine_positions needs a non-empty grid, got {height}x{width}")
+    feats = dim // 2
+    k = jnp.arange(feats)
+    dim_t = temperature ** (2.0 * (k // 2).astype(jnp.float32) / feats)  # [F]
+
+    def axis(n: int) -> Array:
+        coord = jnp.arange(1, n + 1, dtype=jnp.float32)
+        if normalize:
+            coord = coord / (n + 1e-6) * scale
+        angle = coord[:, None] / dim_t                                   # [n, F]
+        return jnp.where(k % 2 == 0, jnp.sin(angle), jnp.cos(angle))
+
+    pos_y, pos_x = axis(height), axis(width)
+    pe = jnp.concatenate([jnp.broadcast_to(pos_y[:, None], (height, width, feats)),
+                          jnp.broadcast_to(pos_x[None, :], (height, width, feats))], axis=-1)
+    return pe.reshape(height * width, dim).astype(dtype)
+
+
 def rope_frequencies(head_dim: int, max_wavelength: float = 10_000.0) -> Array:
     """RoPE angular frequencies theta_i = max_wavelength ** (-2i / head_dim): `[head_dim // 2]`.
 

@@ -214,6 +214,23 @@ def test_bad_inputs_raise():
     with pytest.raises(ValueError, match=r"memory_mask \(2, 5\) must be \[batch, src_len\] = "
                                          r"\(2, 6\)"):
         cross.init(key, X, None, MEMORY, jnp.ones((B, 5), bool))
+    with pytest.raises(ValueError, match="return_cross_attention=True needs"):
+        block.init(key, X, return_cross_attention=True)
+
+
+def test_cross_attention_weights_are_returned_without_changing_the_output():
+    """return_cross_attention hands back the cross-attention's softmax weights (rows summing to
+    1 over the memory positions, none on masked ones) and leaves the block's output as it is."""
+    block = TransformerBlock(num_heads=HEADS, mlp_dim=16, cross_attention=True)
+    memory_mask = jnp.arange(MEMORY.shape[1])[None, :] < jnp.array([[6], [4]])
+    variables = block.init(jax.random.key(0), X, None, MEMORY, memory_mask)
+    plain = block.apply(variables, X, None, MEMORY, memory_mask)
+    out, weights = block.apply(variables, X, None, MEMORY, memory_mask,
+                               return_cross_attention=True)
+    np.testing.assert_allclose(out, plain, atol=1e-5)
+    assert weights.shape == (B, HEADS, X.shape[1], MEMORY.shape[1])
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    assert not np.any(weights[1, :, :, 4:])
 
 
 def test_mlp_axis_names_reach_the_parameter_boxes():

@@ -70,6 +70,16 @@ def _cnn_count(channels, widths, depth, classes, attention_width=None):
     return n + 2 * prev + prev * classes + classes
 
 
+def _detr_count(d, mlp, enc, dec, queries, classes, backbone, backbone_width, norm="post"):
+    """DETR (Carion et al. 2020): backbone, 1x1 input projection, Transformer layers (the decoder's
+    with cross-attention), N query embeddings, the shared final decoder LayerNorm (and the
+    encoder's with pre-norm), the class head (classes + no-object) and the 3-layer box MLP."""
+    return (backbone + backbone_width * d + d + queries * d
+            + enc * _transformer_block(d, mlp, 0) + dec * _transformer_block(d, mlp, 1)
+            + 2 * d * (2 if norm == "pre" else 1)
+            + d * (classes + 1) + classes + 1 + 2 * (d * d + d) + d * 4 + 4)
+
+
 # name -> (kwargs, inputs (a function of the model), output shape, parameter count or None)
 ENTRIES = {
     "vit": (dict(num_classes=10, patch_size=4, hidden_size=32, depth=2, num_heads=4, mlp_dim=64),
@@ -113,6 +123,14 @@ ENTRIES = {
                       # the attentive LSTM decoder of rnn_seq2seq (no source side)
                       _vit_count(32, 1, 64, 4, 3, 16, 0) - 32 + (32 * 16 + 16)
                       + _rnn_seq2seq_count("lstm", 30, 8, 16, 16, 0, 1, 12) - 30 * 8),
+    "detr": (dict(num_classes=3, d_model=16, num_heads=2, num_encoder_layers=1,
+                  num_decoder_layers=2, mlp_dim=32, num_queries=5, norm="pre",
+                  backbone=dict(name="cnn", widths=(8, 16), blocks_per_stage=1, num_groups=4)),
+             lambda: (jnp.zeros((2, 16, 16, 3)),),
+             {"logits": (2, 5, 4), "boxes": (2, 5, 4),
+              "aux": [{"logits": (2, 5, 4), "boxes": (2, 5, 4)}]},
+             # the CNN without its classifier head (a 16-channel 8x8 grid)
+             _detr_count(16, 32, 1, 2, 5, 3, _cnn_count(3, (8, 16), 1, 0), 16, norm="pre")),
     "lstm_lm": (dict(vocab_size=50, emb_dim=16, hidden_dim=24, num_layers=2),
                 lambda: (jnp.ones((2, 9), jnp.int32),), (2, 9, 50),
                 # embedding + per layer 4 gates x (input kernel + recurrent kernel + bias) + head
@@ -132,7 +150,7 @@ def test_registered_model(name):
     model = build_model(name, **kwargs)
     variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), *inputs())
     out = jax.eval_shape(model.apply, variables, *inputs())
-    assert out.shape == shape
+    assert jax.tree.map(lambda x: x.shape, out) == shape  # a shape, or a tree of them (DETR)
     leaves = jax.tree_util.tree_leaves_with_path(
         variables["params"], is_leaf=lambda x: isinstance(x, nn.LogicallyPartitioned))
     for path, leaf in leaves:

@@ -20,6 +20,7 @@ MODELS = {
     "rnn_seq2seq": "attn_jax.models.recurrent:RNNSeq2Seq",
     "lstm_lm": "attn_jax.models.recurrent_lm:lstm_lm",
     "rnn_captioner": "attn_jax.models.captioner:RNNCaptioner",
+    "detr": "attn_jax.models.detr:DETR",
 }
 
 

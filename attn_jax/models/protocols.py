@@ -40,6 +40,13 @@ stateful LM task):
       -> (logits [b, t, vocab], carry)`  continues `carry`; `reset` zeroes a row's state just
       before the positions where it is True (a document starts there)
 
+Set-prediction detector (DETR, models/detr.py):
+  `__call__(images [b, h, w, c], train) -> {'logits': [b, N, classes + 1] (the last class = no
+      object), 'boxes': [b, N, 4] normalised (cx, cy, w, h), 'aux': [the same dict per earlier
+      decoder layer]}`
+  `cross_attention_map(images) -> (outputs, [b, heads, N, h'*w'] last decoder layer's weights)`
+  `grid_shape(image_shape) -> (h', w')`, a plain (`nn.nowrap`) method
+
 Constructor fields a text model takes from the task (its data fixes them): `vocab_size`, and for
 encoder-decoders `pad_id` and `bos_id`.
 """
