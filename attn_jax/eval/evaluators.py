@@ -159,8 +159,11 @@ def predict_texts(task: Any, params: Any, batches: Any, predict: Callable, num: 
 
 class DecodeEvaluator(Evaluator):
     """Greedy or beam-search decoding of an encoder-decoder (`attn_jax.decoding.decode`) on
-    `splits`: '<split>_exact_match' and '<split>_bleu' (sacrebleu corpus BLEU), and a table of
-    example outputs written to TensorBoard and printed."""
+    `splits`: '<split>_exact_match' (against the main reference, `task.decode_references`),
+    '<split>_bleu' (sacrebleu corpus BLEU against every reference, `task.reference_sets`), when
+    some example has several references '<split>_exact_match_any' (equal to any of them), the
+    task's own '<split>_<name>' (`task.decode_metrics`), and a table of example outputs written
+    to TensorBoard and printed."""
 
     @dataclasses.dataclass(frozen=True)
     class Config(Evaluator.Config):
@@ -187,6 +190,8 @@ class DecodeEvaluator(Evaluator):
         metrics, shown = {}, int(self.cfg.num_examples_shown)
         for split in self.splits:
             sources, references = self.task.decode_references(split, self.cfg.max_examples)
+            reference_sets = self.task.reference_sets(split, self.cfg.max_examples)
+            several = any(len(refs) > 1 for refs in reference_sets)
             for prefix, params in ctx.variants(self.cfg.ema):
                 batches = self.task.decode_batches(split, self.cfg.max_examples,
                                                    process_index=jax.process_index(),
@@ -197,7 +202,12 @@ class DecodeEvaluator(Evaluator):
                                                  + (" (EMA)" if prefix else ""))
                 metrics[f"{prefix}{split}_exact_match"] = text_metrics.exact_match(
                     predictions, references)
-                metrics[f"{prefix}{split}_bleu"] = text_metrics.bleu(predictions, references)
+                if several:
+                    metrics[f"{prefix}{split}_exact_match_any"] = text_metrics.exact_match_any(
+                        predictions, reference_sets)
+                metrics[f"{prefix}{split}_bleu"] = text_metrics.bleu(predictions, reference_sets)
+                metrics |= {f"{prefix}{split}_{k}": v for k, v in
+                            self.task.decode_metrics(split, predictions).items()}
                 if prefix == "" and shown:
                     table = _examples_table(sources[:shown], references[:shown],
                                             predictions[:shown])
