@@ -22,6 +22,8 @@ def summarize(records: Sequence[dict[str, Any]], class_names: Sequence[str]) -> 
     """A markdown table of `attention_in_boxes` records: per class and over all, the number of
     words, the mean attention mass inside the class's boxes, the mean box area fraction
     (chance) and their ratio."""
+    if not records:
+        return "no generated word named a class present in its image"
     groups: dict[str, list] = collections.defaultdict(list)
     for r in records:
         groups[class_names[r["label"]]].append(r)

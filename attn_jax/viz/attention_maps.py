@@ -339,7 +339,8 @@ def attention_in_boxes(maps: np.ndarray, words: Sequence[str], bbox: np.ndarray,
 def plot_word_overlays(result: CaptionAttention, path: str, title: str = "",
                        ncols: int = 4) -> int:
     """A PNG at `path`: one panel per word of `result.caption`, the image in grey with the
-    word's attention map over it (scaled to its own maximum); returns the number of panels."""
+    word's attention map over it (one colour scale for all panels, 0 to the largest value of
+    any map, so a flat map looks flat); returns the number of panels."""
     plt = _pyplot()
 
     n = len(result.words)
@@ -352,10 +353,10 @@ def plot_word_overlays(result: CaptionAttention, path: str, title: str = "",
     image = result.image[..., 0] if result.image.shape[-1] == 1 else result.image
     for ax in axes.flat[n:]:
         ax.remove()
+    vmax = max(float(result.maps.max()), 1e-12)
     for ax, word, m in zip(axes.flat, result.words, result.maps):
         ax.imshow(image, cmap="gray", vmin=0.0, vmax=1.0, interpolation="nearest")
-        ax.imshow(m, cmap="jet", alpha=0.5, vmin=0.0, vmax=max(float(m.max()), 1e-12),
-                  interpolation="bilinear")
+        ax.imshow(m, cmap="jet", alpha=0.5, vmin=0.0, vmax=vmax, interpolation="bilinear")
         ax.set_title(word, fontsize=10)
         ax.axis("off")
     fig.suptitle(textwrap.fill(title or repr(result.caption), 60), fontsize=10)

@@ -9,6 +9,8 @@
     ds[0]    # {'image' [b, H, W, 1], 'boxes' [b, m, 4] cxcywh, 'labels' [b, m],
              #  'box_mask' bool [b, m], 'mask' [b]}  (m = max_items)
     write_coco_json("validation", "val.json", source="digits")       # COCO detection JSON
+    caption_counts("a bag to the left of two shirts", "fashion_mnist")  # {8: 1, 6: 2}
+    caption_metrics(predictions, scenes_list, "digits")  # {'class_set_match', 'class_count_match'}
 
 Sources. 'fashion_mnist': the 28x28 Fashion-MNIST items from the IDX files
 (`fashion_mnist.read_fashion_mnist`), default canvas 64x64, items resized to 16..28 px.
