@@ -201,3 +201,29 @@ def test_the_caption_scenes_config_builds_each_variant():
                        ("none,ds=0.1", "needs attention")]:
         with pytest.raises(ValueError, match=match):
             module.get_config(bad)
+
+
+def test_reference_sets_and_decode_metrics_follow_the_pairs_to_their_scenes():
+    """Train pairs cycle through references_per_scene=2 captions of each scene: pair k is scene
+    k // 2, so its references and class metrics are that scene's (reference: the Scenes)."""
+    from attn_jax import tasks
+    from attn_jax.data.datasets import scenes as sc
+
+    task = tasks.get_task("seq2seq")(tiny_config("captioner"))
+    scenes = sc.Scenes("train", source="digits", num_examples=64, max_items=2)
+    refs = task.reference_sets("train", 6)
+    assert refs == [list(scenes[k // 2].captions) for k in range(6)]
+    assert [t for _, t in task.decode_pairs("train", 6)] == [
+        scenes[k // 2].captions[k % 2] for k in range(6)]
+    # Any reference names the scene's classes with their counts; the pair's own target too.
+    targets = [t for _, t in task.decode_pairs("train", 6)]
+    assert task.decode_metrics("train", targets) == {"class_set_match": 1.0,
+                                                     "class_count_match": 1.0}
+    wrong = ["a " + sc.SOURCES["digits"].singular[(scenes[k // 2].labels[0] + 1) % 10]
+             for k in range(6)]
+    assert task.decode_metrics("train", wrong)["class_set_match"] == 0.0
+    # A text dataset: one reference each, no extra metrics.
+    text_task = tasks.get_task("seq2seq")(tiny_config("seq2seq"))
+    assert text_task.reference_sets("test", 3) == [[t] for _, t in
+                                                   text_task.decode_pairs("test", 3)]
+    assert text_task.decode_metrics("test", ["x"] * 3) == {}

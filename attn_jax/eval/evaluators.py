@@ -8,7 +8,8 @@
 also runs at the last step. The trainer's one eval loop (`run_due`) calls the evaluators that are
 due and writes their metrics as one 'eval' row per step. The task supplies data and prediction
 functions (`eval_iterator`, `eval_sums`, `decode_batches` + `predict_tokens`, `sample`,
-`generate`, `bpd_terms`); the loops over eval data live here, not in the tasks.
+`generate`, `bpd_terms`) and the references and metrics of its data (`decode_references`,
+`reference_sets`, `decode_metrics`); the loops over eval data live here, not in the tasks.
 
 With EMA parameters in the state, evaluators with `ema=True` also report `ema_`-prefixed
 metrics (or, for pictures and samples, use the EMA parameters).

@@ -317,8 +317,12 @@ class Seq2SeqTask(SequenceTask):
         if self.dataset in SCENE_SOURCES:
             pairs = self.pairs(split)
             n = min(max_examples, len(pairs)) if max_examples else len(pairs)
-            return [list(pairs.scenes[i].captions) for i in range(n)]
+            return [list(self._scene_of_pair(split, i).captions) for i in range(n)]
         return [[t] for _, t in self.decode_pairs(split, max_examples)]
+
+    def _scene_of_pair(self, split: str, i: int) -> scenes.Scene:
+        pairs = self.pairs(split)  # a CaptionPairs: pair i is scene i // references_per_scene
+        return pairs.scenes[i // pairs.references_per_scene]
 
     def decode_metrics(self, split: str, predictions: Sequence[str]) -> dict[str, float]:
         """Dataset-specific metrics of the decoded first len(predictions) examples of `split`
@@ -326,10 +330,9 @@ class Seq2SeqTask(SequenceTask):
         classes (`scenes.caption_metrics`); {} for text datasets."""
         if self.dataset not in SCENE_SOURCES:
             return {}
-        pairs = self.pairs(split)
-        return scenes.caption_metrics(predictions, [pairs.scenes[i] for i in
-                                                    range(len(predictions))],
-                                      SCENE_SOURCES[self.dataset])
+        return scenes.caption_metrics(
+            predictions, [self._scene_of_pair(split, i) for i in range(len(predictions))],
+            SCENE_SOURCES[self.dataset])
 
     def decode_batches(self, split: str, max_examples: int = 0, *, process_index: int = 0,
                        process_count: int = 1):
