@@ -14,7 +14,10 @@ as in the paper), 'dot' or 'general', or 'none' (the baseline: the decoder sees 
 image feature, the mean annotation); `ds=LAMBDA` adds the doubly stochastic regulariser
 (Xu et al. eq. 14) with weight LAMBDA (default 0: off; the task's loss is a per-token mean, the
 penalty a per-caption sum over the 64 grid cells, so LAMBDA ~ 0.01 keeps it near the loss's
-size, where the paper's 1 went with a summed loss).
+size, where the paper's 1 went with a summed loss). There is no `:transformer` variant yet: the
+Transformer's `EncoderDecoder` embeds integer source ids in its `Encoder` and takes its memory
+mask from them, so a Transformer-decoder captioner needs its own small model (an image encoder
++ a projection to emb_dim as the memory, the same `Decoder`) with a registry entry.
 
 Model (`rnn_captioner`): a ResNet-style CNN (`attn_jax.models.cnn`, widths 16/32/64/64 at
 64/32/16/8 pixels, one pre-activation block per stage, GroupNorm, a SAGAN self-attention block
