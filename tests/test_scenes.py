@@ -180,6 +180,41 @@ def test_captions_name_exactly_the_classes_with_counts_and_only_true_relations(d
     assert set(stated) == set(RELATION_WORDS), stated  # every relation occurs in 120 scenes
 
 
+def test_caption_counts_read_the_classes_of_hand_made_captions():
+    """Reference: the classes and counts written by hand for each caption; the public parser
+    also agrees with this file's parser on every reference of 120 scenes."""
+    fashion = [("a bag to the left of two shirts", {8: 1, 6: 2}),
+               ("there are three t-shirts and a boot", {0: 3, 9: 1}),
+               ("a sneaker", {7: 1}),
+               ("two dresses and and a a coat", {3: 2, 4: 1}),      # malformed, still read
+               ("bag shirts sneaker", {}),                          # no phrase, no class
+               ("a bag and a bag", {8: 1})]
+    for caption, counts in fashion:
+        assert sc.caption_counts(caption, "fashion_mnist") == counts, caption
+    # Digits: 'two' is a count before a plural and a noun after an article.
+    assert sc.caption_counts("a two above two twos", "digits") == {2: 2}
+    assert sc.caption_counts("an eight and two nines", "digits") == {8: 1, 9: 2}
+
+    scenes = [sc.Scene(image=None, bbox=None, boxes=None, labels=np.array(labels),
+                       class_names=(), captions=(), source_items=None, index=i)
+              for i, labels in enumerate([[8, 6, 6], [0, 9], [7, 7], [3]])]
+    predictions = ["a bag to the left of two shirts",   # classes and counts right
+                   "a t-shirt and two boots",           # classes right, a count wrong
+                   "a sneaker and a bag",               # a class too many
+                   "there is a"]                        # no class named
+    assert sc.caption_metrics(predictions, scenes, "fashion_mnist") == {
+        "class_set_match": 0.5, "class_count_match": 0.25}
+    with pytest.raises(ValueError, match="3 predictions for 4 scenes"):
+        sc.caption_metrics(predictions[:3], scenes, "fashion_mnist")
+
+
+def test_caption_counts_agree_with_the_test_parser(digits):
+    spec = sc.SOURCES["digits"]
+    for scene in digits["train"]:
+        for caption in scene.captions:
+            assert sc.caption_counts(caption, "digits") == parse_caption(caption, spec)[0]
+
+
 # ---------------------------------------------------------------------------- 3: deterministic
 def test_same_seed_and_index_give_the_same_scene_bit_for_bit(digits):
     again = sc.Scenes("train", source="digits", num_examples=N)

@@ -194,6 +194,36 @@ def test_dates_metrics_against_sacrebleu():
         text.exact_match(preds[:3], refs)
 
 
+def test_multi_reference_bleu_and_exact_match_against_sacrebleu():
+    """Reference: sacrebleu.corpus_bleu called directly with reference streams padded by None
+    (sacrebleu's convention for a variable number of references); the any-reference exact
+    match counted by hand."""
+    from attn_jax.eval import text_metrics
+
+    preds = ["a bag to the left of two shirts", "there is a coat", "two boots and a dress",
+             "a sandal"]
+    reference_sets = [["two shirts to the right of a bag", "a bag to the left of two shirts",
+                       "a bag and two shirts"],
+                      ["a coat", "there is a coat"],
+                      ["a dress and two boots", "there are two boots and a dress",
+                       "two boots and a dress", "a dress above two boots"],
+                      ["a sneaker"]]
+    streams = [[r[j] if j < len(r) else None for r in reference_sets] for j in range(4)]
+    expected = sacrebleu.corpus_bleu(preds, streams).score
+    np.testing.assert_allclose(text_metrics.bleu(preds, reference_sets), expected)
+    assert text_metrics.reference_streams(reference_sets) == streams
+    # Several references raise the score over the first reference alone (the hypotheses match
+    # other references), and a one-reference list per sentence is the single-reference BLEU.
+    first = [r[0] for r in reference_sets]
+    assert text_metrics.bleu(preds, first) < expected
+    np.testing.assert_allclose(text_metrics.bleu(preds, [[r] for r in first]),
+                               sacrebleu.corpus_bleu(preds, [first]).score)
+    assert text_metrics.exact_match_any(preds, reference_sets) == 0.75
+    assert text_metrics.exact_match(preds, first) == 0.0
+    with pytest.raises(ValueError, match="non-empty list of reference strings"):
+        text_metrics.bleu(preds, reference_sets[:3] + [[]])
+
+
 # --- language modelling ------------------------------------------------------------------------
 
 def test_stdlib_corpus_split_by_file():

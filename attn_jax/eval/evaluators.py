@@ -8,7 +8,8 @@
 also runs at the last step. The trainer's one eval loop (`run_due`) calls the evaluators that are
 due and writes their metrics as one 'eval' row per step. The task supplies data and prediction
 functions (`eval_iterator`, `eval_sums`, `decode_batches` + `predict_tokens`, `sample`,
-`generate`, `bpd_terms`); the loops over eval data live here, not in the tasks.
+`generate`, `bpd_terms`) and the references and metrics of its data (`decode_references`,
+`reference_sets`, `decode_metrics`); the loops over eval data live here, not in the tasks.
 
 With EMA parameters in the state, evaluators with `ema=True` also report `ema_`-prefixed
 metrics (or, for pictures and samples, use the EMA parameters).
@@ -159,8 +160,11 @@ def predict_texts(task: Any, params: Any, batches: Any, predict: Callable, num: 
 
 class DecodeEvaluator(Evaluator):
     """Greedy or beam-search decoding of an encoder-decoder (`attn_jax.decoding.decode`) on
-    `splits`: '<split>_exact_match' and '<split>_bleu' (sacrebleu corpus BLEU), and a table of
-    example outputs written to TensorBoard and printed."""
+    `splits`: '<split>_exact_match' (against the main reference, `task.decode_references`),
+    '<split>_bleu' (sacrebleu corpus BLEU against every reference, `task.reference_sets`), when
+    some example has several references '<split>_exact_match_any' (equal to any of them), the
+    task's own '<split>_<name>' (`task.decode_metrics`), and a table of example outputs written
+    to TensorBoard and printed."""
 
     @dataclasses.dataclass(frozen=True)
     class Config(Evaluator.Config):
@@ -187,6 +191,8 @@ class DecodeEvaluator(Evaluator):
         metrics, shown = {}, int(self.cfg.num_examples_shown)
         for split in self.splits:
             sources, references = self.task.decode_references(split, self.cfg.max_examples)
+            reference_sets = self.task.reference_sets(split, self.cfg.max_examples)
+            several = any(len(refs) > 1 for refs in reference_sets)
             for prefix, params in ctx.variants(self.cfg.ema):
                 batches = self.task.decode_batches(split, self.cfg.max_examples,
                                                    process_index=jax.process_index(),
@@ -197,7 +203,12 @@ class DecodeEvaluator(Evaluator):
                                                  + (" (EMA)" if prefix else ""))
                 metrics[f"{prefix}{split}_exact_match"] = text_metrics.exact_match(
                     predictions, references)
-                metrics[f"{prefix}{split}_bleu"] = text_metrics.bleu(predictions, references)
+                if several:
+                    metrics[f"{prefix}{split}_exact_match_any"] = text_metrics.exact_match_any(
+                        predictions, reference_sets)
+                metrics[f"{prefix}{split}_bleu"] = text_metrics.bleu(predictions, reference_sets)
+                metrics |= {f"{prefix}{split}_{k}": v for k, v in
+                            self.task.decode_metrics(split, predictions).items()}
                 if prefix == "" and shown:
                     table = _examples_table(sources[:shown], references[:shown],
                                             predictions[:shown])

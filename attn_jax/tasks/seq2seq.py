@@ -18,12 +18,16 @@ the Transformer (Vaswani et al. 2017), a recurrent seq2seq, an image captioner.
     caption from a small grammar over classes, counts and spatial relations
     (`attn_jax.data.datasets.scenes`: train_size / validation_size / test_size scenes from
     seed, canvas_size, min_items, max_items). Train pairs cycle through
-    references_per_scene references of each scene; eval splits score the canonical caption.
+    references_per_scene references of each scene. Eval splits pair each scene with its
+    canonical caption (the loss), and the decode evaluator scores against all its captions
+    (`reference_sets`) and reports whether the caption names the right classes
+    (`decode_metrics`: class_set_match, class_count_match).
 
 Training minimises label-smoothed cross entropy (Szegedy et al. 2016; eps = config.label_smoothing)
 over target tokens. The default evaluators report per-token loss and accuracy ('loss') and decode
 the eval splits ('decode': greedy, or beam search with the GNMT length penalty, the paper's
-sec. 6.1) for exact match and sacrebleu BLEU; `config.evals` sets others.
+sec. 6.1) for exact match and sacrebleu BLEU (against every reference of an example when the
+dataset has several); `config.evals` sets others.
 """
 
 from __future__ import annotations
@@ -306,6 +310,29 @@ class Seq2SeqTask(SequenceTask):
         pairs = self.decode_pairs(split, max_examples)
         sources = [f"<image {i}>" if self.image_source else s for i, (s, _) in enumerate(pairs)]
         return sources, [t for _, t in pairs]
+
+    def reference_sets(self, split: str, max_examples: int = 0) -> list[list[str]]:
+        """Every reference of the first `max_examples` (0 = all) examples of `split`, [0] the
+        one `decode_references` gives: all the captions of a scene, else the one target."""
+        if self.dataset in SCENE_SOURCES:
+            pairs = self.pairs(split)
+            n = min(max_examples, len(pairs)) if max_examples else len(pairs)
+            return [list(self._scene_of_pair(split, i).captions) for i in range(n)]
+        return [[t] for _, t in self.decode_pairs(split, max_examples)]
+
+    def _scene_of_pair(self, split: str, i: int) -> scenes.Scene:
+        pairs = self.pairs(split)  # a CaptionPairs: pair i is scene i // references_per_scene
+        return pairs.scenes[i // pairs.references_per_scene]
+
+    def decode_metrics(self, split: str, predictions: Sequence[str]) -> dict[str, float]:
+        """Dataset-specific metrics of the decoded first len(predictions) examples of `split`
+        (the decode evaluator's hook): for scenes, whether the caption names the scene's
+        classes (`scenes.caption_metrics`); {} for text datasets."""
+        if self.dataset not in SCENE_SOURCES:
+            return {}
+        return scenes.caption_metrics(
+            predictions, [self._scene_of_pair(split, i) for i in range(len(predictions))],
+            SCENE_SOURCES[self.dataset])
 
     def decode_batches(self, split: str, max_examples: int = 0, *, process_index: int = 0,
                        process_count: int = 1):

@@ -9,6 +9,8 @@
     ds[0]    # {'image' [b, H, W, 1], 'boxes' [b, m, 4] cxcywh, 'labels' [b, m],
              #  'box_mask' bool [b, m], 'mask' [b]}  (m = max_items)
     write_coco_json("validation", "val.json", source="digits")       # COCO detection JSON
+    caption_counts("a bag to the left of two shirts", "fashion_mnist")  # {8: 1, 6: 2}
+    caption_metrics(predictions, scenes_list, "digits")  # {'class_set_match', 'class_count_match'}
 
 Sources. 'fashion_mnist': the 28x28 Fashion-MNIST items from the IDX files
 (`fashion_mnist.read_fashion_mnist`), default canvas 64x64, items resized to 16..28 px.
@@ -259,6 +261,44 @@ def _captions(labels: np.ndarray, bbox: np.ndarray, spec: SourceSpec) -> tuple[s
     refs.append(f"there {'is' if groups[0][1] == 1 else 'are'} "
                 + " and ".join(phrase[g[0]] for g in groups))
     return tuple(dict.fromkeys(refs))[:MAX_REFERENCES]
+
+
+def caption_counts(caption: str, source: str) -> dict[int, int]:
+    """The classes a caption names, with their counts, read off the grammar's phrases:
+    {label: count} for every '"a" | "an" noun' (count 1) and 'count plural' in it ("a bag to
+    the left of two shirts" -> {8: 1, 6: 2} with Fashion-MNIST). Words outside a phrase are
+    skipped, so a malformed (predicted) caption still gives the classes it names; a class named
+    twice keeps its largest count. Articles are not checked ("a eight" names an eight)."""
+    spec = _spec(source)
+    numbers = {"a": 1, "an": 1} | {w: n for n, w in COUNT_WORDS.items()}
+    words, out, i = caption.split(), {}, 0
+    while i < len(words) - 1:
+        count, noun = numbers.get(words[i]), words[i + 1]
+        nouns = spec.singular if count == 1 else spec.plural
+        if count is not None and noun in nouns:
+            label = nouns.index(noun)
+            out[label] = max(out.get(label, 0), count)
+            i += 2
+        else:
+            i += 1
+    return out
+
+
+def caption_metrics(predictions: collections.abc.Sequence[str],
+                    scenes: collections.abc.Sequence[Scene], source: str) -> dict[str, float]:
+    """What a caption gets right about its scene, beyond matching a reference:
+    'class_set_match' (the fraction of predictions whose named classes, `caption_counts`, are
+    exactly the classes in the scene) and 'class_count_match' (classes and their counts)."""
+    if len(predictions) != len(scenes) or not scenes:
+        raise ValueError(f"need one prediction per scene, at least one: got {len(predictions)} "
+                         f"predictions for {len(scenes)} scenes")
+    sets = counts = 0
+    for caption, scene in zip(predictions, scenes):
+        named = caption_counts(caption, source)
+        truth = collections.Counter(scene.labels.tolist())
+        sets += set(named) == set(truth)
+        counts += named == dict(truth)
+    return {"class_set_match": sets / len(scenes), "class_count_match": counts / len(scenes)}
 
 
 def longest_caption(source: str, max_items: int) -> int:
