@@ -197,8 +197,14 @@ def test_the_caption_scenes_config_builds_each_variant():
             task.validate()   # the byte target length holds the longest caption
             shapes = jax.eval_shape(task.init_params, jax.random.key(0))
             assert shapes is not None
+    config = module.get_config("transformer")
+    task = tasks.get_task("seq2seq")(config)
+    assert type(task.model).__name__ == "TransformerCaptioner"
+    assert dict(task.model.backbone)["name"] == "cnn" and task.model.image_shape == (64, 64, 1)
+    task.validate()
     for bad, match in [("luong", "ATTENTION"), ("additive,lambda=1", "ds=LAMBDA"),
-                       ("none,ds=0.1", "needs attention")]:
+                       ("none,ds=0.1", "needs the recurrent"),
+                       ("transformer,ds=0.1", "needs the recurrent")]:
         with pytest.raises(ValueError, match=match):
             module.get_config(bad)
 
@@ -227,3 +233,26 @@ def test_reference_sets_and_decode_metrics_follow_the_pairs_to_their_scenes():
     assert text_task.reference_sets("test", 3) == [[t] for _, t in
                                                    text_task.decode_pairs("test", 3)]
     assert text_task.decode_metrics("test", ["x"] * 3) == {}
+
+
+def test_word_overlays_of_a_transformer_captioner():
+    """The overlay path serves the Transformer-decoder captioner too: its top decoder layer's
+    cross-attention, averaged over the heads, laid on the CNN's grid (initialised parameters:
+    the maps' shapes and normalisation, not what they look at)."""
+    from attn_jax import tasks
+
+    config = tiny_config("captioner")
+    backbone = dict(config.model.backbone)
+    config.model = dict(name="transformer_captioner", emb_dim=16, num_heads=2, mlp_dim=32,
+                        num_encoder_layers=0, num_decoder_layers=2, max_len=48,
+                        image_shape=(32, 32, 1), backbone=backbone)
+    task = tasks.get_task("seq2seq")(config)
+    params = jax.tree.map(lambda x: x.value if hasattr(x, "value") else x,
+                          task.init_params(jax.random.key(0)),
+                          is_leaf=lambda x: hasattr(x, "value"))
+    images = np.stack([task.pairs("validation")[i][0] for i in range(2)])
+    results = am.caption_attention(task, params, images)
+    assert len(results) == 2 and all(r.words for r in results)  # maps to check
+    for r in results:
+        assert r.grid == (16, 16) and r.maps.shape == (len(r.words), 32, 32)
+        np.testing.assert_allclose(r.maps.sum((1, 2)), 1.0, rtol=1e-5)

@@ -129,3 +129,73 @@ def test_cnn_backbone_gives_its_feature_grid_as_memory():
     logits = model.apply({"params": params}, x, TARGETS)
     assert logits.shape == (3, TARGETS.shape[1], 20)
     assert np.isfinite(np.asarray(logits)).all()
+
+
+# ------------------------------------------------------------- the Transformer-decoder captioner
+CNN = dict(name="cnn", num_classes=None, widths=(8, 16), blocks_per_stage=1, num_groups=4)
+
+
+def transformer_captioner(**kw):
+    fields = dict(vocab_size=20, emb_dim=16, num_heads=2, mlp_dim=32, num_encoder_layers=1,
+                  num_decoder_layers=2, max_len=8, dropout_rate=0.0, attention_dropout_rate=0.0,
+                  backbone=CNN, pad_id=PAD, bos_id=BOS, image_shape=(16, 16, 1))
+    return build_model("transformer_captioner", **{**fields, **kw})
+
+
+@pytest.mark.parametrize("norm", ["post", "pre"])
+def test_transformer_captioner_cached_steps_equal_the_teacher_forced_pass(norm):
+    """The KV-cached decoder steps (the Transformer's own decode_step_fn) reproduce the
+    teacher-forced logits over the image memory (the reference)."""
+    model = transformer_captioner(norm=norm)
+    x = images()
+    params = model.init(jax.random.key(1), x, TARGETS)["params"]
+    assert set(params) == {"encoder", "decoder", "target_embedding"}
+    assert {"image_encoder", "memory_projection", "layer_0"} <= set(params["encoder"])
+    full = np.asarray(model.apply({"params": params}, x, TARGETS))
+    assert full.shape == (3, TARGETS.shape[1], 20)
+    fn, cache = decoding.encoder_decoder_step_fn(model, params, x, max_len=TARGETS.shape[1])
+    inputs = jnp.concatenate([jnp.full((3, 1), BOS), TARGETS[:, :-1]], 1)
+    stepped = []
+    for t in range(TARGETS.shape[1]):
+        logits, cache = fn(inputs[:, t:t + 1], cache)
+        stepped.append(np.asarray(logits))
+    # Where the decoder input holds padding, the teacher-forced pass masks those keys and the
+    # cache does not (the Transformer's caveat, test_transformer): compare the real prefix.
+    real = np.cumprod(np.asarray(inputs != PAD) | (np.arange(inputs.shape[1]) == 0), 1) > 0
+    np.testing.assert_allclose(np.stack(stepped, 1)[real], full[real], atol=3e-5)
+    assert real.sum() == 13
+
+
+def test_transformer_captioner_memory_is_the_projected_grid_with_positions():
+    """With no encoder layers the memory is exactly W tokens + b + the sinusoidal timing signal
+    of the raster index (NumPy, t2t's formula as in test_positional), over the CNN's 8x8 grid;
+    the cross-attention weights cover those 64 positions and sum to 1."""
+    model = transformer_captioner(num_encoder_layers=0)
+    x = images()
+    params = model.init(jax.random.key(1), x, TARGETS)["params"]
+    memory, mask = model.apply({"params": params}, x, method="encode")
+    cnn = {k: v for k, v in CNN.items() if k != "name"}
+    tokens = build_model("cnn", **cnn).apply({"params": params["encoder"]["image_encoder"]}, x,
+                                      method="encode")
+    proj = params["encoder"]["memory_projection"]
+    n, d = 64, 16
+    pos = np.arange(n)[:, None] * np.exp(-np.log(1e4) / (d // 2 - 1) * np.arange(d // 2))[None]
+    want = (np.asarray(tokens) @ np.asarray(proj["kernel"].value) + np.asarray(proj["bias"].value)
+            + np.concatenate([np.sin(pos), np.cos(pos)], 1))
+    assert memory.shape == (3, n, d) and bool(mask.all())
+    np.testing.assert_allclose(np.asarray(memory), want, atol=1e-5)
+    _, weights = model.attention_weights(params, x, TARGETS)
+    cross = np.asarray(weights["decoder/layer_1/cross_attention"])
+    assert cross.shape == (3, 2, TARGETS.shape[1], n)
+    np.testing.assert_allclose(cross.sum(-1), 1.0, atol=1e-5)
+
+
+def test_transformer_captioner_refuses_bad_images_and_backbones():
+    model = transformer_captioner()
+    params = model.init(jax.random.key(1), images(), TARGETS)["params"]
+    with pytest.raises(ValueError, match=r"images are \(16, 16, 3\).*built for \(16, 16, 1\)"):
+        model.apply({"params": params}, jnp.ones((3, 16, 16, 3)), TARGETS)
+    with pytest.raises(ValueError, match="backbone"):
+        transformer_captioner(backbone="cnn")
+    with pytest.raises(ValueError, match="unknown Transformer fields"):
+        transformer_captioner(hidden=4)

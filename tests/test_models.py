@@ -123,6 +123,16 @@ ENTRIES = {
                       # the attentive LSTM decoder of rnn_seq2seq (no source side)
                       _vit_count(32, 1, 64, 4, 3, 16, 0) - 32 + (32 * 16 + 16)
                       + _rnn_seq2seq_count("lstm", 30, 8, 16, 16, 0, 1, 12) - 30 * 8),
+    "transformer_captioner": (
+        dict(vocab_size=30, emb_dim=16, num_heads=2, mlp_dim=32, num_encoder_layers=1,
+             num_decoder_layers=1, max_len=8,
+             backbone=dict(name="vit", num_classes=None, patch_size=4, hidden_size=32, depth=1,
+                           num_heads=4, mlp_dim=64, pool_type="gap")),
+        lambda: (jnp.zeros((2, 16, 16, 3)), jnp.ones((2, 7), jnp.int32)), (2, 7, 30),
+        # the same ViT tokens -> memory projection 32 -> 16, one encoder layer over them, the
+        # tied target embedding, one post-norm decoder layer with cross-attention
+        _vit_count(32, 1, 64, 4, 3, 16, 0) - 32 + (32 * 16 + 16) + _transformer_block(16, 32, 0)
+        + 30 * 16 + _transformer_block(16, 32, 1)),
     "detr": (dict(num_classes=3, d_model=16, num_heads=2, num_encoder_layers=1,
                   num_decoder_layers=2, mlp_dim=32, num_queries=5, norm="pre",
                   backbone=dict(name="cnn", widths=(8, 16), blocks_per_stage=1, num_groups=4)),

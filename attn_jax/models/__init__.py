@@ -20,12 +20,14 @@ MODELS = {
     "rnn_seq2seq": "attn_jax.models.recurrent:RNNSeq2Seq",
     "lstm_lm": "attn_jax.models.recurrent_lm:lstm_lm",
     "rnn_captioner": "attn_jax.models.captioner:RNNCaptioner",
+    "transformer_captioner": "attn_jax.models.captioner:transformer_captioner",
     "detr": "attn_jax.models.detr:DETR",
 }
 
 
-def build_model(name: str, **kwargs: Any) -> nn.Module:
-    """Instantiate the model registered under `name` with `kwargs` as its fields."""
+def build_model(name: str, /, **kwargs: Any) -> nn.Module:
+    """Instantiate the model registered under `name` with `kwargs` as its fields (a module's
+    own `name=` among them, for a submodule built inside another model)."""
     if name not in MODELS:
         raise ValueError(f"model.name={name!r} is unknown; choose one of {sorted(MODELS)}")
     module, cls = MODELS[name].split(":")

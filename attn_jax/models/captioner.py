@@ -17,6 +17,14 @@ patch tokens), built with the given fields; its parameters are the `image_encode
 parameter group, or a pretrained backbone loaded by `config.init`). `attention='none'` is the
 no-attention baseline: the decoder sees only the pooled feature (the mean annotation).
 
+`TransformerCaptioner` (registered as 'transformer_captioner') is the same idea with the
+Transformer's decoder (`attn_jax.models.transformer.Decoder`: causal self-attention, then
+multi-head cross-attention over the image tokens at every layer): the backbone's tokens, a linear
+map to `emb_dim`, sinusoidal positions over the raster order of the grid, and
+`num_encoder_layers` Transformer encoder layers over them (0: the projected tokens are the
+memory) -- an image captioner of the encoder-decoder contract, so the same task, search and
+evaluators serve it.
+
 Doubly stochastic attention (Xu et al. eq. 14): with `doubly_stochastic > 0`, the teacher-forced
 pass sows `lambda * sum_i (1 - sum_t alpha_ti)^2` (the sum over the real target tokens, averaged
 over the rows that have any) into the 'losses' collection, which the sequence task adds to its
@@ -33,8 +41,31 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.models.recurrent import RNNSeq2Seq, _init
+from attn_jax.models.transformer import (Decoder, EncoderDecoder, _block, _embedding,
+                                         _final_norm)
+from attn_jax.models.transformer_presets import transformer_config
+from attn_jax.positional import sinusoidal_positions
 
 Array = jax.Array
+
+
+def backbone_fields(backbone: Any) -> tuple[str, dict[str, Any]]:
+    """(registry name, fields) of a captioner's `backbone` dict; a ValueError otherwise."""
+    if not isinstance(backbone, Mapping) or "name" not in backbone:
+        raise ValueError(f"backbone={backbone!r}: give the image encoder as a dict with "
+                         "its registry 'name' and fields, e.g. {'name': 'cnn', ...}")
+    return backbone["name"], {k: v for k, v in backbone.items() if k != "name"}
+
+
+def check_images(images: Array, image_shape: tuple[int, ...]) -> None:
+    """A ValueError unless `images` is `[batch, *image_shape]` float (shapes are static, so
+    this runs at trace time, before compilation; an empty `image_shape` is not checked)."""
+    if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
+        raise ValueError(f"images must be float [batch, height, width, channels], got "
+                         f"{images.shape} {images.dtype}")
+    if image_shape and tuple(images.shape[1:]) != tuple(image_shape):
+        raise ValueError(f"images are {tuple(images.shape[1:])} (height, width, channels) "
+                         f"but the captioner was built for {tuple(image_shape)}")
 
 
 class RNNCaptioner(RNNSeq2Seq):
@@ -56,9 +87,7 @@ class RNNCaptioner(RNNSeq2Seq):
     image_shape: tuple[int, ...] = ()
 
     def __post_init__(self):
-        if not isinstance(self.backbone, Mapping) or "name" not in self.backbone:
-            raise ValueError(f"backbone={self.backbone!r}: give the image encoder as a dict with "
-                             "its registry 'name' and fields, e.g. {'name': 'cnn', ...}")
+        backbone_fields(self.backbone)
         if self.doubly_stochastic < 0:
             raise ValueError(f"doubly_stochastic={self.doubly_stochastic} must be >= 0")
         super().__post_init__()
@@ -71,22 +100,15 @@ class RNNCaptioner(RNNSeq2Seq):
         super().setup()
         from attn_jax.models import build_model  # the registry imports this file lazily
 
-        fields = {k: v for k, v in self.backbone.items() if k != "name"}
-        self.image_encoder = build_model(self.backbone["name"], **fields)
+        name, fields = backbone_fields(self.backbone)
+        self.image_encoder = build_model(name, **fields)
         self.memory_projection = nn.Dense(
             self.memory_features, dtype=self.dtype, param_dtype=self.param_dtype,
             kernel_init=_init(nn.initializers.lecun_normal(), ("embed", "mlp")),
             bias_init=_init(nn.initializers.zeros_init(), ("mlp",)))
 
     def check_images(self, images: Array) -> None:
-        """A ValueError unless `images` is `[batch, *image_shape]` float (shapes are static, so
-        this runs at trace time, before compilation)."""
-        if images.ndim != 4 or not jnp.issubdtype(images.dtype, jnp.floating):
-            raise ValueError(f"images must be float [batch, height, width, channels], got "
-                             f"{images.shape} {images.dtype}")
-        if self.image_shape and tuple(images.shape[1:]) != tuple(self.image_shape):
-            raise ValueError(f"images are {tuple(images.shape[1:])} (height, width, channels) "
-                             f"but the captioner was built for {tuple(self.image_shape)}")
+        check_images(images, self.image_shape)
 
     def encode(self, source: Array, *, deterministic: bool = True) -> tuple[Array, Array]:
         """images `[batch, h, w, c]` -> (annotations `[batch, positions, memory_dim]`, an
@@ -115,3 +137,77 @@ class RNNCaptioner(RNNSeq2Seq):
             self.sow("losses", "doubly_stochastic",
                      self.doubly_stochastic * per_row.sum() / jnp.maximum(rows.sum(), 1.0))
         return logits, weights
+
+
+class ImageMemory(nn.Module):
+    """images `[b, h, w, c]` -> memory `[b, positions, emb_dim]`: the backbone's tokens, a linear
+    map to `emb_dim`, sinusoidal positions over the raster order, dropout, then
+    `config.num_encoder_layers` Transformer encoder layers (`layer_{i}`, the final LayerNorm of a
+    pre-norm stack after them)."""
+
+    config: Any
+    backbone: Any
+
+    @nn.compact
+    def __call__(self, images: Array, *, deterministic: bool = True) -> Array:
+        from attn_jax.models import build_model  # the registry imports this file lazily
+
+        cfg = self.config
+        name, fields = backbone_fields(self.backbone)
+        tokens = build_model(name, name="image_encoder", **fields).encode(
+            images, train=not deterministic)
+        x = nn.Dense(cfg.emb_dim, dtype=cfg.dtype, param_dtype=cfg.param_dtype,
+                     kernel_init=nn.with_logical_partitioning(nn.initializers.xavier_uniform(),
+                                                              (None, "embed")),
+                     bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(),
+                                                            ("embed",)),
+                     name="memory_projection")(tokens)
+        x = x + sinusoidal_positions(x.shape[1], cfg.emb_dim, dtype=x.dtype)
+        x = nn.Dropout(rate=cfg.dropout_rate)(x, deterministic=deterministic)
+        for i in range(cfg.num_encoder_layers):
+            x = _block(cfg, decoder=False, cross_attention=False, name=f"layer_{i}")(
+                x, None, deterministic=deterministic)
+        return _final_norm(cfg, x) if cfg.num_encoder_layers else x
+
+
+class TransformerCaptioner(EncoderDecoder):
+    """Image encoder + Transformer decoder (the module docstring): `EncoderDecoder` whose
+    encoder is `ImageMemory`, so decoding (`decode`, `decode_step_fn` with its KV cache) and
+    `attention_weights` ('decoder/layer_i/cross_attention': `[b, heads, words, positions]`) are
+    the Transformer's own.
+
+    Attributes:
+      config: the `TransformerConfig` of the decoder (and of the encoder layers over the image
+        tokens: `num_encoder_layers`, 0 for none); `vocab_size` is the caption vocabulary.
+      backbone: the image encoder as a registry entry, {'name': ..., **fields}; its parameters
+        are the `encoder/image_encoder` subtree.
+      image_shape: `(height, width, channels)` the encoder was built for (() = not checked).
+    """
+
+    backbone: Any = None
+    image_shape: tuple[int, ...] = ()
+
+    def __post_init__(self):
+        backbone_fields(self.backbone)
+        super().__post_init__()
+
+    def setup(self):
+        cfg = self.config
+        self.encoder = ImageMemory(cfg, self.backbone)
+        self.decoder = Decoder(cfg, _embedding(cfg, cfg.target_vocab_size, "target_embedding"),
+                               cross_attention=True)
+
+    def encode(self, source: Array, *, deterministic: bool = True) -> tuple[Array, Array]:
+        """images `[batch, h, w, c]` -> (memory `[batch, positions, emb_dim]`, an all-True mask
+        `[batch, positions]`)."""
+        check_images(source, self.image_shape)
+        memory = self.encoder(source, deterministic=deterministic)
+        return memory, jnp.ones(memory.shape[:2], bool)
+
+
+def transformer_captioner(backbone: Any = None, image_shape: tuple[int, ...] = (),
+                          preset: str | None = None, **fields: Any) -> TransformerCaptioner:
+    """A `TransformerCaptioner` (registered as 'transformer_captioner'): `fields` are
+    `TransformerConfig`'s (`transformer_config(preset, **fields)`)."""
+    return TransformerCaptioner(transformer_config(preset, **fields), backbone=backbone,
+                                image_shape=tuple(image_shape))

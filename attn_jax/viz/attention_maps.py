@@ -291,7 +291,11 @@ def caption_attention(task: Any, params: Any, images: np.ndarray) -> list[Captio
         params, jnp.asarray(images), jnp.asarray(out))
     if not weights:
         raise ValueError("the captioner has no attention to show (attention='none')")
-    alignment = np.asarray(weights["decoder/layer_0/cross_attention"])[:, 0]  # [b, T, L]
+    # The top decoder layer's cross-attention, averaged over its heads (a recurrent decoder's
+    # alignment is one layer with one head; a Transformer decoder's last layer has several).
+    top = max((k for k in weights if k.startswith("decoder/") and k.endswith("/cross_attention")),
+              key=lambda k: int(k.split("/")[1].rpartition("_")[2]))
+    alignment = np.asarray(weights[top]).mean(1)  # [b, T, L]
     grid = image_grid_shape(model, images.shape[1:], alignment.shape[-1])
     results = []
     for row, ids, image in zip(alignment, out.tolist(), images):
