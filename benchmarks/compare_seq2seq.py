@@ -97,7 +97,13 @@ def model_kind(model) -> str:
 
 
 def _data_key(data: dict) -> str:
-    return json.dumps(data, sort_keys=True, default=str)
+    """The run's `config.data` with every key the seq2seq task declares at its default where the
+    run did not write it (a run saved before a key existed compares equal to one saved after)."""
+    from attn_jax.tasks.seq2seq import DataConfig
+    from attn_jax.train.config import filled_section
+
+    filled = filled_section(DataConfig, data).to_dict()
+    return json.dumps(filled, sort_keys=True, default=str)
 
 
 RECORD_KEYS = ("model", "data", "split", "step", "params", "sources", "references",

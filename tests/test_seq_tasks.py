@@ -470,6 +470,15 @@ def test_compare_seq2seq_table_and_length_buckets(runs, tmp_path, capsys):
     json.dump(config, open(other / "config.json", "w"))
     with pytest.raises(SystemExit, match="different data"):
         compare.main(["--run", f"a={workdir}", "--run", f"c={other}", "--max-examples", "4"])
+    # A key left out (its default) and the same key written at its default: the same data (a
+    # run saved before a key existed compares equal to one saved after).
+    config["data"] = json.load(open(os.path.join(workdir, "config.json")))["data"]
+    assert "canvas_size" not in config["data"]
+    config["data"]["canvas_size"] = 0  # the declared default
+    json.dump(config, open(other / "config.json", "w"))
+    assert compare.main(["--run", f"a={workdir}", "--run", f"c={other}", "--max-examples",
+                         "4"]) == 0
+    capsys.readouterr()
     # A saved record stands in for its workdir: the same table rows as the live run.
     records = tmp_path / "records"
     assert compare.main(["--run", f"a={workdir}", "--max-examples", "24",
