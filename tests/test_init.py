@@ -205,3 +205,42 @@ def test_dont_load_keeps_the_head_fresh_and_needs_a_path(vit_8px):
         Initializer("", dont_load=("head/.*",))
     with pytest.raises(ValueError, match="tuple of regexes"):
         Initializer(vit_8px, dont_load="head/.*")
+
+
+@pytest.mark.parametrize("name, size", [("vit_finetune_digits", 28),
+                                        ("vit_finetune_fmnist32", 32)])
+def test_finetune_configs(name, size, tmp_path):
+    """The fine-tune configs load as train.py loads them: big_vision's transfer recipe over the
+    checkpoint's model (configs/vit_fashion_mnist.py's, with a zero-initialised head kept out of
+    the load); `:scratch` is the same model and steps without `config.init`; `:WORKDIR` names
+    the run to start from."""
+    from attn_jax.tasks.classification import DataConfig
+    from attn_jax.train.cli import load_config_file
+    from attn_jax.train.config import fill_declared_keys, parse_section
+    from attn_jax.train.optim import make_optimizer
+
+    root = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs")
+    load = lambda spec: fill_declared_keys(load_config_file(os.path.join(root, spec), root))  # noqa
+    source, ft, scratch = (load("vit_fashion_mnist.py"), load(f"{name}.py"),
+                           load(f"{name}.py:scratch"))
+    assert load(f"{name}.py:{tmp_path}").init.path == str(tmp_path)
+    assert ft.init.path == "runs/vit_fashion_mnist" and ft.init.dont_load == ("head/.*",)
+    assert dict(ft.model) == dict(source.model, head_zero_init=True) == dict(scratch.model)
+    assert parse_section(DataConfig, ft.data, "config.data").image_size == size
+    assert ft.data == scratch.data and ft.total_steps == scratch.total_steps > 0
+    assert (ft.optim.name, ft.optim.momentum, ft.optim.weight_decay, ft.optim.grad_clip_norm,
+            ft.optim.schedule) == ("sgd", 0.9, 0.0, 1.0, "cosine")
+    assert 0.01 <= ft.optim.learning_rate <= 0.03
+    assert scratch.init.path == "" and scratch.init.dont_load == ()
+    assert scratch.optim.name == source.optim.name == "adamw"
+    make_optimizer(ft.optim, ft.total_steps)
+    make_optimizer(scratch.optim, scratch.total_steps)
+
+
+def test_digits_resize_to_the_checkpoint_size(data_dir):
+    """`data.image_size` upsamples the 8x8 digits for the 28px checkpoint (bilinear)."""
+    from attn_jax import data
+
+    it = data.make_iterator("digits_sklearn", "test", global_batch_size=8, train=False,
+                            data_dir=data_dir, image_size=28)
+    assert next(it)["image"].shape == (8, 28, 28, 1)
