@@ -24,8 +24,8 @@ grid with the class token kept aside, as vision_transformer does, or bicubic as 
 Face do, by `posemb_resize`), while an MLP-Mixer's token-mixing MLP refuses with a ValueError (it
 fixes the number of patches, so a Mixer cannot change resolution; vision_transformer#274).
 Otherwise the parameter keeps its fresh initialisation (a head for a new number of classes) and
-the report says so. The trainer prints the report once. Freezing and slower groups are the optimizer's
-(`config.optim.lr_mults`, `attn_jax.train.optim`).
+the report says so. The trainer prints the report once. Freezing and slower groups are the
+optimizer's (`config.optim.lr_mults`, `attn_jax.train.optim`).
 """
 
 from __future__ import annotations
