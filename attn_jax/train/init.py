@@ -40,6 +40,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+
 from attn_jax.positional import POSEMB_RESIZE, resize_posemb  # noqa: F401 (re-exported)
 
 
