@@ -61,6 +61,7 @@ def test_finetune_a_vit_at_another_image_size(vit_8px, data_dir, tmp_path, capsy
     printed = capsys.readouterr().out
     assert "adapted (1, 5, 32) -> (1, 17, 32): posembed_input/pos_embedding" in printed
     assert "dont_load: head/kernel" in printed and "dont_load: head/bias" in printed
+    assert f"2 steps, from the parameters of {vit_8px}" in printed
 
     # The initial state: rebuild it the way the trainer does, without the steps.
     vit = ViT(num_classes=10, patch_size=4, hidden_size=32, depth=1, num_heads=8, mlp_dim=64,
