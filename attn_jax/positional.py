@@ -1,7 +1,8 @@
 """Position encodings: sinusoidal (1-D), learned, 2-D sin-cos and rotary (RoPE).
 
 All functions are pure and jit-friendly; shapes are static Python ints unless a docstring says
-otherwise. `LearnedPositionEmbedding` is the only module (it owns a parameter).
+otherwise. `LearnedPositionEmbedding` is the only module (it owns a parameter); `resize_posemb`
+resamples a trained table to another patch grid (NumPy, for loading checkpoints).
 """
 
 from __future__ import annotations
@@ -12,6 +13,8 @@ from typing import Callable
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+import scipy.ndimage
 
 Array = jax.Array
 Initializer = Callable[..., Array]
@@ -257,3 +260,62 @@ def apply_rope(
     out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
     return out.astype(x.dtype)
 
+
+# ------------------------------------------------------------------ resampling a learned table
+def _grid_and_token(n: int) -> tuple[int, int]:
+    """(side of the square patch grid, class tokens) for n position rows."""
+    for tokens in (0, 1):
+        side = math.isqrt(n - tokens)
+        if side * side == n - tokens:
+            return side, tokens
+    raise ValueError(f"{n} position rows are neither a square grid nor a square grid + 1 token")
+
+
+POSEMB_RESIZE = ("linear", "bicubic")
+
+
+def _cubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
+    """`[n_out, n_in]` weights of 1-D cubic convolution (Keys 1981, a = -0.75) with half-pixel
+    centres and edge clamping: `torch.nn.functional.interpolate(mode='bicubic',
+    align_corners=False)` along one axis, in float64."""
+
+    def kernel(x: np.ndarray) -> np.ndarray:
+        x = np.abs(x)
+        near = ((a + 2) * x - (a + 3)) * x * x + 1
+        far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
+        return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
+
+    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
+    base = np.floor(src).astype(int)
+    weights = np.zeros((n_out, n_in))
+    for tap in range(-1, 3):
+        np.add.at(weights, (np.arange(n_out), np.clip(base + tap, 0, n_in - 1)),
+                  kernel(src - (base + tap)))
+    return weights
+
+
+def resize_posemb(old: np.ndarray, new_shape: tuple[int, ...], method: str = "linear"
+                  ) -> np.ndarray:
+    """A learned position table `[1, tokens + g*g, d]` resampled to `new_shape`
+    `[1, tokens + G*G, d]`, the class token's row kept as it is.
+
+    method: 'linear' (the default; `scipy.ndimage.zoom` order 1 on the grid, as
+    vision_transformer and big_vision do) or 'bicubic' (as timm and Hugging Face's
+    `interpolate_pos_encoding`: torch's bicubic, a = -0.75, half-pixel centres, no antialiasing).
+    """
+    if method not in POSEMB_RESIZE:
+        raise ValueError(f"posemb_resize must be one of {POSEMB_RESIZE}, got {method!r}")
+    if len(old.shape) != 3 or len(new_shape) != 3 or old.shape[2] != new_shape[2]:
+        raise ValueError(f"cannot resize a position embedding {old.shape} to {new_shape}")
+    g_old, t_old = _grid_and_token(old.shape[1])
+    g_new, t_new = _grid_and_token(new_shape[1])
+    if t_old != t_new:
+        raise ValueError(f"position embedding {old.shape} -> {new_shape}: the class token "
+                         "differs (pool_type changed)")
+    token, grid = old[:, :t_old], old[0, t_old:].reshape(g_old, g_old, -1)
+    if method == "linear":
+        zoomed = scipy.ndimage.zoom(grid, (g_new / g_old, g_new / g_old, 1), order=1)
+    else:
+        m = _cubic_matrix(g_old, g_new)
+        zoomed = np.einsum("Hh,Ww,hwd->HWd", m, m, grid.astype(np.float64)).astype(grid.dtype)
+    return np.concatenate([token, zoomed.reshape(1, g_new * g_new, -1)], axis=1)

@@ -16,7 +16,8 @@ variants have vision_transformer's parameter counts (Mixer-B/16 at 224px, 1000 c
 
 A Mixer cannot change resolution: the token-mixing MLP's kernels are [patches, tokens_mlp_dim],
 so `apply` must see as many patches as `init` did (vision_transformer#274); it says so with a
-ValueError rather than a shape error from deep inside a Dense.
+ValueError rather than a shape error from deep inside a Dense, and so does `config.init` from a
+Mixer checkpoint at another resolution (`INIT_ADAPTERS`).
 """
 
 from __future__ import annotations
@@ -41,6 +42,16 @@ MIXER_SIZES: dict[str, dict[str, int]] = {
     "L": dict(hidden_dim=1024, num_blocks=24, tokens_mlp_dim=512, channels_mlp_dim=4096),
     "H": dict(hidden_dim=1280, num_blocks=32, tokens_mlp_dim=640, channels_mlp_dim=5120),
 }
+
+# `config.init` from a checkpoint whose token-mixing MLP has other shapes
+# (attn_jax.models.init_adapters): refused, since nothing can adapt it.
+INIT_ADAPTERS = ((
+    r"(.*/)?MixerBlock_\d+/token_mixing/Dense_[01]/(kernel|bias)",
+    "MLP-Mixer cannot change resolution (vision_transformer#274): {path} has shape {new} in the "
+    "model but {old} in the checkpoint; the token-mixing MLP's kernels are [patches, "
+    "tokens_mlp_dim] and [tokens_mlp_dim, patches], so the model must see the checkpoint's "
+    "number of patches (and tokens_mlp_dim): fine-tune at the checkpoint's image size and patch "
+    "size (config.data.image_size, model.patch_size)"),)
 
 
 def mixer_variant(name: str) -> dict[str, Any]:

@@ -19,7 +19,7 @@ import jax
 import jax.numpy as jnp
 
 from attn_jax.layers import ACTIVATIONS, TransformerBlock, layer_norm, stochastic_depth_rates
-from attn_jax.positional import LearnedPositionEmbedding, sincos_2d_positions
+from attn_jax.positional import LearnedPositionEmbedding, resize_posemb, sincos_2d_positions
 
 Array = jax.Array
 
@@ -35,6 +35,15 @@ VIT_SIZES: dict[str, dict[str, int]] = {
     "L": dict(hidden_size=1024, depth=24, num_heads=16, mlp_dim=4096),
     "H": dict(hidden_size=1280, depth=32, num_heads=16, mlp_dim=5120),
 }
+
+
+def _resample_posemb(old: Any, shape: tuple[int, ...], options: Any) -> Any:
+    return resize_posemb(old, shape, options.posemb_resize)
+
+
+# `config.init` from a checkpoint at another image size (attn_jax.models.init_adapters): the
+# learned position table is resampled to the new patch grid (`config.init.posemb_resize`).
+INIT_ADAPTERS = ((r"(.*/)?posembed_input/pos_embedding", _resample_posemb),)
 
 
 def named_variant(name: str, sizes: dict[str, dict[str, int]], family: str) -> dict[str, Any]:

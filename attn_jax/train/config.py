@@ -47,10 +47,11 @@ def base_config() -> ml_collections.ConfigDict:
     # 'auto' tells them apart; attn_jax.pretrained reads them); rename holds (regex,
     # replacement) pairs for its parameter paths; parameters whose shapes differ are adapted
     # where a rule exists (position embeddings resampled to the new grid, `posemb_resize`
-    # 'linear' or 'bicubic') and otherwise freshly initialised (a new head), unless `strict`;
-    # the run prints what it did.
+    # 'linear' or 'bicubic'; a Mixer's token-mixing MLP refuses) and otherwise freshly
+    # initialised (a new head), unless `strict`; `dont_load` regexes keep those parameters fresh
+    # (a new head for the same classes); the run prints what it did.
     c.init = ml_collections.ConfigDict(dict(path="", step=-1, rename=(), ema=False, format="auto",
-                                            posemb_resize="linear", strict=False))
+                                            posemb_resize="linear", strict=False, dont_load=()))
 
     c.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
 

@@ -10,23 +10,28 @@
     config.init.posemb_resize = "linear"         # or 'bicubic' (timm / HF), see `resize_posemb`
     config.init.strict = False       # True: every model parameter must load (or adapt), else a
                                      # ValueError names the first that does not and both shapes
+    config.init.dont_load = ("head/.*",)   # regexes: these parameters keep their fresh
+                                           # initialisation (big_vision's `dont_load`)
 
 Pretrained files are read by `attn_jax.pretrained` into this repo's parameter names first.
 Every parameter of the new model whose path (after `rename`) exists in the checkpoint is copied
-in. A shape mismatch is adapted where a rule knows how (`ADAPTERS`: a ViT's learned position
-embedding is resampled to the new patch grid with linear interpolation, `scipy.ndimage.zoom`
-order 1 on the grid with the class token kept aside, as vision_transformer does, or bicubic as
-timm and Hugging Face do, by `posemb_resize`); otherwise the
-parameter keeps its fresh initialisation (a head for a new number of classes) and the report says
-so. The trainer prints the report once. Freezing and slower groups are the optimizer's
-(`config.optim.lr_mults`, `attn_jax.train.optim`).
+in, except those `dont_load` names (a fresh head for the same classes, as big_vision's transfer
+recipe). A shape mismatch is adapted where a rule knows how; the rules are the model families'
+own (`INIT_ADAPTERS` in each model module, collected by `attn_jax.models.init_adapters`): a
+ViT's learned position embedding is resampled to the new patch grid
+(`attn_jax.positional.resize_posemb`: linear interpolation, `scipy.ndimage.zoom` order 1 on the
+grid with the class token kept aside, as vision_transformer does, or bicubic as timm and Hugging
+Face do, by `posemb_resize`), while an MLP-Mixer's token-mixing MLP refuses with a ValueError (it
+fixes the number of patches, so a Mixer cannot change resolution; vision_transformer#274).
+Otherwise the parameter keeps its fresh initialisation (a head for a new number of classes) and
+the report says so. The trainer prints the report once. Freezing and slower groups are the
+optimizer's (`config.optim.lr_mults`, `attn_jax.train.optim`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
-import math
 import re
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -35,7 +40,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import scipy.ndimage
+
+from attn_jax.positional import POSEMB_RESIZE, resize_posemb  # noqa: F401 (re-exported)
 
 
 def _is_box(x: Any) -> bool:
@@ -71,71 +77,18 @@ def regex_pairs(pairs: Sequence[Sequence[Any]], key: str) -> list[tuple[re.Patte
 
 
 # ------------------------------------------------------------------------------------ adapters
-def _grid_and_token(n: int) -> tuple[int, int]:
-    """(side of the square patch grid, class tokens) for n position rows."""
-    for tokens in (0, 1):
-        side = math.isqrt(n - tokens)
-        if side * side == n - tokens:
-            return side, tokens
-    raise ValueError(f"{n} position rows are neither a square grid nor a square grid + 1 token")
+Adapter = Callable[[np.ndarray, tuple[int, ...], Any], np.ndarray] | str
 
 
-POSEMB_RESIZE = ("linear", "bicubic")
+def adapters() -> list[tuple[re.Pattern, Adapter]]:
+    """(compiled regex over the parameter path, rule) for a parameter whose shape differs from
+    the checkpoint's, from every model family's `INIT_ADAPTERS` table
+    (`attn_jax.models.init_adapters`): a rule is fn(old array, new shape, initializer) -> the
+    array at the new shape (the initializer carries the options, `posemb_resize`), or a str,
+    the reason that parameter cannot change shape (a ValueError)."""
+    from attn_jax.models import init_adapters
 
-
-def _cubic_matrix(n_in: int, n_out: int, a: float = -0.75) -> np.ndarray:
-    """`[n_out, n_in]` weights of 1-D cubic convolution (Keys 1981, a = -0.75) with half-pixel
-    centres and edge clamping: `torch.nn.functional.interpolate(mode='bicubic',
-    align_corners=False)` along one axis, in float64."""
-
-    def kernel(x: np.ndarray) -> np.ndarray:
-        x = np.abs(x)
-        near = ((a + 2) * x - (a + 3)) * x * x + 1
-        far = ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
-        return np.where(x <= 1, near, np.where(x < 2, far, 0.0))
-
-    src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-    base = np.floor(src).astype(int)
-    weights = np.zeros((n_out, n_in))
-    for tap in range(-1, 3):
-        np.add.at(weights, (np.arange(n_out), np.clip(base + tap, 0, n_in - 1)),
-                  kernel(src - (base + tap)))
-    return weights
-
-
-def resize_posemb(old: np.ndarray, new_shape: tuple[int, ...], method: str = "linear"
-                  ) -> np.ndarray:
-    """A learned position table `[1, tokens + g*g, d]` resampled to `new_shape`
-    `[1, tokens + G*G, d]`, the class token's row kept as it is.
-
-    method: 'linear' (the default; `scipy.ndimage.zoom` order 1 on the grid, as
-    vision_transformer and big_vision do) or 'bicubic' (as timm and Hugging Face's
-    `interpolate_pos_encoding`: torch's bicubic, a = -0.75, half-pixel centres, no antialiasing).
-    """
-    if method not in POSEMB_RESIZE:
-        raise ValueError(f"posemb_resize must be one of {POSEMB_RESIZE}, got {method!r}")
-    if len(old.shape) != 3 or len(new_shape) != 3 or old.shape[2] != new_shape[2]:
-        raise ValueError(f"cannot resize a position embedding {old.shape} to {new_shape}")
-    g_old, t_old = _grid_and_token(old.shape[1])
-    g_new, t_new = _grid_and_token(new_shape[1])
-    if t_old != t_new:
-        raise ValueError(f"position embedding {old.shape} -> {new_shape}: the class token "
-                         "differs (pool_type changed)")
-    token, grid = old[:, :t_old], old[0, t_old:].reshape(g_old, g_old, -1)
-    if method == "linear":
-        zoomed = scipy.ndimage.zoom(grid, (g_new / g_old, g_new / g_old, 1), order=1)
-    else:
-        m = _cubic_matrix(g_old, g_new)
-        zoomed = np.einsum("Hh,Ww,hwd->HWd", m, m, grid.astype(np.float64)).astype(grid.dtype)
-    return np.concatenate([token, zoomed.reshape(1, g_new * g_new, -1)], axis=1)
-
-
-# (regex over the parameter path, fn(old array, new shape, initializer) -> array of the new
-# shape); the initializer carries the options (`posemb_resize`).
-ADAPTERS: list[tuple[re.Pattern, Callable[[np.ndarray, tuple[int, ...], Any], np.ndarray]]] = [
-    (re.compile(r"(.*/)?posembed_input/pos_embedding"),
-     lambda old, shape, init: resize_posemb(old, shape, init.posemb_resize)),
-]
+    return [(compile_regex(pattern, "INIT_ADAPTERS"), rule) for pattern, rule in init_adapters()]
 
 
 # ------------------------------------------------------------------------------------ report
@@ -148,27 +101,29 @@ class InitReport:
     initialised: list[str]                      # no parameter of that path in the checkpoint
     mismatched: list[tuple[str, tuple, tuple]]  # shapes differ, no adapter: kept fresh
     unused: list[str]                           # checkpoint paths the new model lacks
+    skipped: list[str] = dataclasses.field(default_factory=list)  # `dont_load`: kept fresh
 
     def summary(self) -> str:
         lines = [f"loaded {len(self.loaded)} parameters ({len(self.adapted)} adapted to a new "
                  f"shape), initialised {len(self.initialised)} new ones, {len(self.mismatched)} "
-                 f"kept fresh for a shape mismatch, {len(self.unused)} checkpoint parameters "
-                 "unused"]
+                 f"kept fresh for a shape mismatch, {len(self.skipped)} kept fresh by dont_load, "
+                 f"{len(self.unused)} checkpoint parameters unused"]
         lines += [f"  adapted {old} -> {new}: {p}" for p, new, old in self.adapted]
         lines += [f"  new: {p}" for p in self.initialised]
         lines += [f"  shape {new} != checkpoint {old}: {p}" for p, new, old in self.mismatched]
+        lines += [f"  dont_load: {p}" for p in self.skipped]
         lines += [f"  unused: {p}" for p in self.unused]
         return "\n".join(lines)
 
 
 class Initializer:
     """The `config.init` section of one run (path, step, rename, ema, format, posemb_resize,
-    strict; see the module docstring)."""
+    strict, dont_load; see the module docstring)."""
 
     def __init__(self, path: str = "", step: int | None = None,
                  rename: Sequence[Sequence[str]] = (), ema: bool = False,
                  format: str = "auto", posemb_resize: str = "linear",  # noqa: A002
-                 strict: bool = False):
+                 strict: bool = False, dont_load: Sequence[str] = ()):
         from attn_jax.pretrained import FORMATS
 
         self.path = path or None
@@ -183,6 +138,15 @@ class Initializer:
         self.format = format
         self.posemb_resize = posemb_resize
         self.strict = bool(strict)
+        if isinstance(dont_load, str):
+            raise ValueError(f"config.init.dont_load must be a tuple of regexes, got the string "
+                             f"{dont_load!r} (write ({dont_load!r},))")
+        self.dont_load = [compile_regex(p, "config.init.dont_load") for p in dont_load]
+        if self.path is None and (self.dont_load or self.rename):
+            key = "dont_load" if self.dont_load else "rename"
+            raise ValueError(f"config.init.{key} is set but config.init.path is empty: pass the "
+                             "run or checkpoint to start from as --config.init.path=PATH (a "
+                             "workdir of this repo, an .npz or a Hugging Face checkpoint)")
         self.resolved_format: str | None = None  # 'workdir' | 'npz' | 'hf', once read
         self.report: InitReport | None = None
         self._checkpoint: tuple[Any, dict[str, np.ndarray]] | None = None
@@ -192,7 +156,8 @@ class Initializer:
         init = config.get("init") or {}
         return cls(init.get("path", ""), init.get("step", -1), init.get("rename", ()),
                    init.get("ema", False), init.get("format", "auto"),
-                   init.get("posemb_resize", "linear"), init.get("strict", False))
+                   init.get("posemb_resize", "linear"), init.get("strict", False),
+                   tuple(init.get("dont_load", ())))
 
     def checkpoint(self) -> tuple[Any, dict[str, np.ndarray]]:
         """(config, {renamed path: array}) of `path`, read once. The config is the run's for a
@@ -226,20 +191,30 @@ class Initializer:
         if self.path is None:
             return fresh
         _, pretrained = self.checkpoint()
-        loaded, adapted, initialised, mismatched = [], [], [], []
+        where = f"config.init.path={self.path!r} (format {self.resolved_format!r})"
+        loaded, adapted, initialised, mismatched, skipped = [], [], [], [], []
+        rules = None
 
         def take(path, leaf):
             name = path_str(path)
             value = leaf.value if _is_box(leaf) else leaf
+            nonlocal rules
+            if any(p.fullmatch(name) for p in self.dont_load):
+                skipped.append(name)
+                return leaf
             if name not in pretrained:
                 initialised.append(name)
                 return leaf
             old = pretrained[name]
             if tuple(old.shape) != tuple(value.shape):
-                rule = next((fn for p, fn in ADAPTERS if p.fullmatch(name)), None)
+                rules = adapters() if rules is None else rules
+                rule = next((fn for p, fn in rules if p.fullmatch(name)), None)
                 if rule is None:
                     mismatched.append((name, tuple(value.shape), tuple(old.shape)))
                     return leaf
+                if isinstance(rule, str):  # this parameter cannot change shape: refuse
+                    raise ValueError(f"{where}: " + rule.format(
+                        path=name, new=tuple(value.shape), old=tuple(old.shape)))
                 old = rule(old, tuple(value.shape), self)
                 adapted.append((name, tuple(value.shape), tuple(pretrained[name].shape)))
             loaded.append(name)
@@ -247,12 +222,11 @@ class Initializer:
             return leaf.replace_boxed(new) if _is_box(leaf) else new
 
         merged = jax.tree_util.tree_map_with_path(take, fresh, is_leaf=_is_box)
-        unused = sorted(set(pretrained) - set(loaded) - {m[0] for m in mismatched})
-        report = InitReport(loaded, adapted, initialised, mismatched, unused)
+        unused = sorted(set(pretrained) - set(loaded) - {m[0] for m in mismatched} - set(skipped))
+        report = InitReport(loaded, adapted, initialised, mismatched, unused, skipped)
         if self.report is None and jax.process_index() == 0:  # init is traced more than once
             print(f"init from {self.path}: {report.summary()}", flush=True)
         self.report = report
-        where = f"config.init.path={self.path!r} (format {self.resolved_format!r})"
         if not loaded:
             raise ValueError(f"{where}: no parameter of the checkpoint matches the model in "
                              f"path\n{report.summary()}")

@@ -344,10 +344,11 @@ def _train_and_evaluate(user_config: ml_collections.ConfigDict, workdir: str, pl
     if primary:
         print(f"workdir: {os.path.abspath(workdir)}", flush=True)
         print(f"devices: {shd.describe_devices(mesh.devices.flat)}", flush=True)
+        begin = ("resuming at step " + str(start) if start is not None
+                 else f"from the parameters of {config.init.path}" if config.init.get("path")
+                 else "from scratch")
         print(f"{config.task}: {plan.n_params:,} parameters, mesh {dict(mesh.shape)}, "
-              f"{jax.process_count()} process(es), {steps} steps, "
-              f"{'resuming at step ' + str(start) if start is not None else 'from scratch'}",
-              flush=True)
+              f"{jax.process_count()} process(es), {steps} steps, {begin}", flush=True)
     # A finished run only reports: no event file, no metrics row.
     writer = MetricWriter(workdir, enabled=primary and (start or 0) < steps)
 
