@@ -117,9 +117,12 @@ def test_coco_map_evaluator_writes_json_and_reports_ap(task, params, tmp_path):
     assert np.isfinite(loss["validation_loss"]) and loss["validation_loss"] > 0
 
 
+@pytest.mark.slow
 def test_overfits_one_batch_of_scenes_to_ap50():
     """A tiny DETR on 4 fixed digit scenes of 1-2 objects reaches AP50 >= 0.9 on them (AdamW,
-    the set loss over aux + final layers; pycocotools scores the predictions)."""
+    the set loss over aux + final layers; pycocotools scores the predictions). 2026-12-07 on
+    the shared 2-core CPU: AP50 1.0 (AP 0.88) after 150 steps, 1.0 (AP 0.93) after 300; ~40 s
+    at the 200 steps run here."""
     start = time.time()
     config = tiny_config("detr")
     set_keys(config, {"data.train_size": 4, "batch_size": 4})
@@ -151,7 +154,7 @@ def test_overfits_one_batch_of_scenes_to_ap50():
     assert ap["AP50"] >= 0.9, ap
 
 
-OVERFIT_STEPS = int(os.environ.get("DETR_OVERFIT_STEPS", 300))
+OVERFIT_STEPS = int(os.environ.get("DETR_OVERFIT_STEPS", 200))
 
 
 def _config_file(name):
@@ -173,3 +176,32 @@ def test_shipped_configs():
     assert task.num_classes == 10 and task.model.num_queries >= task.max_objects
     with pytest.raises(ValueError, match="cannot read COCO yet. Missing: a reader of tfds"):
         get_task("detection")(_config_file("detr_coco"))
+
+
+def test_detection_pictures_are_written(task, params, tmp_path):
+    """attn_jax.viz.detections: one PNG per scene (the image with boxes, then one attention
+    panel per detected query); the queries drawn are those whose softmax score (checked against
+    jax.nn.softmax) reaches the threshold."""
+    from PIL import Image
+
+    from attn_jax.viz import detections
+
+    paths = detections.draw_detections(task, params, "validation", [0, 3], str(tmp_path),
+                                       threshold=0.0)
+    assert [os.path.basename(p) for p in paths] == ["validation_000000.png",
+                                                    "validation_000003.png"]
+    for path in paths:
+        width, height = Image.open(path).size
+        assert width > 8 * height  # 1 + 8 panels side by side at threshold 0
+    logits = np.random.default_rng(0).normal(size=(8, 11)) * 3
+    probs = np.asarray(jax.nn.softmax(jnp.asarray(logits), -1))[:, :-1]
+    attention = np.full((2, 8, 64), 1 / 64)
+    shown = detections.plot_detections(np.zeros((32, 32, 1)), logits, np.full((8, 4), 0.5),
+                                       attention, (8, 8), [str(c) for c in range(10)],
+                                       str(tmp_path / "one.png"), threshold=0.5)
+    expected = np.argsort(-probs.max(-1), kind="stable")
+    assert shown == [int(q) for q in expected if probs[q].max() >= 0.5]
+    with pytest.raises(ValueError, match=r"attention \(2, 8, 63\) must be"):
+        detections.plot_detections(np.zeros((32, 32, 1)), logits, np.full((8, 4), 0.5),
+                                   attention[..., :63], (8, 8), [str(c) for c in range(10)],
+                                   str(tmp_path / "two.png"))
