@@ -62,6 +62,23 @@ def test_bad_targets_raise_on_the_host(task, params, edit, match):
         task.loss(params, batch, jax.random.PRNGKey(0), 0)
 
 
+def test_a_bad_batch_of_the_pipeline_raises_from_the_iterator(monkeypatch):
+    """Every batch the data pipeline builds passes `check_batch` on the host, so a bad target
+    surfaces as the ValueError of `validate_targets` from next(iterator), never inside a step."""
+    task = _task()
+    check = task.check_batch
+
+    def corrupt(batch):
+        batch["labels"][0, 0] = 42
+        return check(batch)
+
+    monkeypatch.setattr(task, "check_batch", corrupt)
+    for it in (task.train_iterator(seed=0, process_index=0, process_count=1),
+               task.eval_iterator("validation", process_index=0, process_count=1)):
+        with pytest.raises(ValueError, match=r"class id out of range \[0, 10\).* label 42"):
+            next(it)
+
+
 def test_bad_configs_raise_before_compiling():
     with pytest.raises(ValueError, match=r"max_objects=9 \(targets per image\) is more than "
                                          r"config.model.num_queries=8"):

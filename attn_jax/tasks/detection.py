@@ -189,7 +189,10 @@ class DetectionTask(Task):
     def eval_sums(self, params, batch):
         """The set loss and its final-layer components, times the real images of the batch
         (the loss is a per-box mean over the batch, so the evaluator's mean is per-image
-        weighted); 'count' = real images."""
+        weighted); 'count' = real images. The filler images of a split's last padded batch
+        have no objects but still enter that batch's classification term as no-object
+        queries (`set_loss_with_aux` takes no image mask), so that batch's loss is slightly off
+        the real images' loss."""
         outputs = self.model.apply({"params": params}, batch["image"], train=False)
         out = self._losses(outputs, batch)
         count = batch["mask"].astype(jnp.float32).sum()
