@@ -18,7 +18,7 @@ import pytest
 
 from attn_jax.data.datasets import scenes
 from attn_jax.eval import coco
-from attn_jax.eval.evaluators import EvalContext, build_evaluators
+from attn_jax.eval.evaluators import EvalContext, build_evaluators, predict_detections
 from attn_jax.tasks import get_task
 from attn_jax.train import sharding as shd
 from attn_jax.train.optim import make_optimizer
@@ -166,7 +166,7 @@ def test_overfits_one_batch_of_scenes_to_ap50():
 
     for i in range(OVERFIT_STEPS):
         params, opt_state, loss = step(params, opt_state, i)
-    predictions = task.predict_detections(params, "train")
+    predictions = predict_detections(task, params, "train")
     ap = coco.coco_map(task.coco_gt("train"), predictions)
     print(f"overfit: {OVERFIT_STEPS} steps, loss {float(loss):.3f}, AP50 {ap['AP50']:.3f}, "
           f"AP {ap['AP']:.3f}, {time.time() - start:.1f} s")

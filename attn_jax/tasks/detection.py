@@ -16,8 +16,8 @@ range, m <= num_queries) when it is built, before it reaches a compiled step.
 Training minimises the Hungarian set loss summed over the decoder layers (`set_loss_with_aux`
 on [aux layers..., final] stacked: CE with no-object weight eos_coef, L1 and GIoU box losses,
 the paper's weights 1 / 5 / 2); its components are logged. The 'loss' evaluator reports the same
-loss on eval splits (per image); the 'coco_map' evaluator (`attn_jax.eval.evaluators`) asks
-`predict_detections` for COCO predictions and `coco_gt` for the split's COCO ground truth.
+loss on eval splits (per image); the 'coco_map' evaluator (`attn_jax.eval.evaluators`) runs `predict_fn` over
+`detection_batches` for COCO predictions and asks `coco_gt` for the split's ground truth.
 """
 
 from __future__ import annotations
@@ -30,15 +30,11 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
-from jax.experimental import multihost_utils
 
-from attn_jax import progress
 from attn_jax.data import batcher
 from attn_jax.data.datasets import scenes
 from attn_jax.detection import set_loss_with_aux, validate_targets
-from attn_jax.eval.coco import detections_to_coco
 from attn_jax.tasks.base import Task
-from attn_jax.train import sharding as shd
 from attn_jax.train.config import parse_section
 
 SCENE_SOURCES = {"scenes": "fashion_mnist", "scenes_digits": "digits"}
@@ -208,31 +204,21 @@ class DetectionTask(Task):
         (image id = scene index, category id = label + 1)."""
         return scenes.coco_dict(self.scenes(split), max_images or None)
 
-    @functools.cached_property
-    def _predict(self):
-        return jax.jit(lambda params, images: self.model.apply({"params": params}, images,
-                                                               train=False))
+    def predict_fn(self):
+        """(params, images [b, H, W, 1]) -> {'logits' [b, N, C + 1], 'boxes' [b, N, 4]}: what
+        `attn_jax.eval.evaluators.predict_detections` jits and runs over `detection_batches`."""
+        def predict(params, images):
+            out = self.model.apply({"params": params}, images, train=False)
+            return {"logits": out["logits"], "boxes": out["boxes"]}
 
-    def predict_detections(self, params: Any, split: str, max_images: int = 0,
-                           mesh: jax.sharding.Mesh | None = None, *, top_k: int | None = None,
-                           desc: str = "detecting") -> list[dict[str, Any]]:
-        """COCO predictions ({'image_id', 'category_id', 'bbox' px, 'score'}, every query of
-        every image unless top_k) of the first `max_images` (0 = all) images of `split`, in the
-        ids of `coco_gt(split, max_images)`."""
-        if mesh is None:
-            mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
-        n = min(max_images or len(self.scenes(split)), len(self.scenes(split)))
-        batches = self.eval_iterator(split, process_index=jax.process_index(),
-                                     process_count=jax.process_count(), num_examples=n)
-        logits, boxes = [], []
-        for batch in progress.track(batches, f"{desc} ({n} images)"):
-            images = shd.global_batch(mesh, {"image": batch["image"]})["image"]
-            out = self._predict(params, images)
-            logits.append(np.asarray(multihost_utils.process_allgather(out["logits"], tiled=True)))
-            boxes.append(np.asarray(multihost_utils.process_allgather(out["boxes"], tiled=True)))
-        logits, boxes = np.concatenate(logits)[:n], np.concatenate(boxes)[:n]  # filler last
-        h, w = self.image_shape[:2]
-        return detections_to_coco(logits, boxes, list(range(n)), [(h, w)] * n, top_k=top_k)
+        return predict
+
+    def detection_batches(self, split: str, max_images: int = 0, *, process_index: int = 0,
+                          process_count: int = 1):
+        """One padded pass of host batches over the images of `coco_gt(split, max_images)`,
+        in its order (image id = position)."""
+        return self.eval_iterator(split, process_index=process_index,
+                                  process_count=process_count, num_examples=max_images or None)
 
     @property
     def class_names(self) -> Sequence[str]:
