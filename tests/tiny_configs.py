@@ -15,6 +15,7 @@ Kinds:
                   attention; widths divisible by 8 devices)
   captioner       Show, Attend and Tell on the digits scenes (32x32 canvases, 1-2 items): the
                   recurrent captioner over a two-stage CNN with a SAGAN block, byte captions
+  detr            DETR on the digits scenes (1-2 items, 8 queries, a CNN backbone at 0.1x lr)
   lm              a 1-layer byte GPT on `tiny_corpus(data_dir)`
   lstm_lm         a 2-layer byte LSTM, stateful, truncated BPTT in chunks of 8 (same corpus)
 
@@ -146,6 +147,27 @@ def captioner(data_dir: str = "") -> ml_collections.ConfigDict:
     return config
 
 
+def detr(data_dir: str = "") -> ml_collections.ConfigDict:
+    """DETR on the digits scenes (32x32 canvases, 1-2 items, 8 queries): a 3-stage CNN
+    backbone (8x8 grid) at 0.1x lr through `lr_mults`, 1+2 layers of width 16 with 8 heads."""
+    del data_dir  # the scenes are generated
+    config = base_config()
+    config.task = "detection"
+    config.data = dict(dataset="scenes_digits", max_items=2, train_size=64, validation_size=16,
+                       test_size=16, eval_splits=["validation"])
+    config.evals = dict(loss=dict(type="loss"), coco_map=dict(type="coco_map", max_images=16))
+    config.model = dict(name="detr", d_model=16, num_heads=8, num_encoder_layers=1,
+                        num_decoder_layers=2, mlp_dim=32, num_queries=8, dropout_rate=0.0,
+                        attention_dropout_rate=0.0,
+                        backbone=dict(name="cnn", widths=(8, 16, 16), blocks_per_stage=1,
+                                      num_groups=4))
+    config.batch_size = 16
+    _sgd(config, 0.05)
+    config.optim.lr_mults = (("backbone/.*", 0.1),)
+    config.checkpoint.every_steps = 2
+    return config
+
+
 def tiny_corpus(data_dir: str) -> str:
     """Eight small generated .py files under `data_dir` (written once)."""
     root = os.path.join(data_dir, "tiny_py_corpus")
@@ -187,14 +209,14 @@ def lstm_lm(data_dir: str) -> ml_collections.ConfigDict:
 
 KINDS = {"classification": classification, "mixer": mixer, "process": process, "classifier": classifier,
          "diffusion": diffusion, "seq2seq": seq2seq, "rnn_seq2seq": rnn_seq2seq,
-         "captioner": captioner, "lm": lm,
+         "captioner": captioner, "detr": detr, "lm": lm,
          "lstm_lm": lstm_lm}
 # One per registered task, plus the Mixer, the recurrent seq2seq, the captioner (images in, text
 # out) and the stateful LSTM LM: model families
 # whose state is a carry (the LM's crosses steps in the train state), through the same mesh and
 # resume checks.
-TASK_KINDS = ("classification", "mixer", "diffusion", "seq2seq", "rnn_seq2seq", "captioner", "lm",
-              "lstm_lm")
+TASK_KINDS = ("classification", "mixer", "diffusion", "seq2seq", "rnn_seq2seq", "captioner", "detr",
+              "lm", "lstm_lm")
 
 
 def set_keys(config: ml_collections.ConfigDict, changes: dict) -> ml_collections.ConfigDict:

@@ -3,13 +3,15 @@
     config.evals.loss = dict(type="loss", every_steps=500)            # eval_sums over splits
     config.evals.decode = dict(type="decode", every_steps=1500, beam_size=4, splits=("test",))
     config.evals.fid = dict(type="fid", every_steps=5000, classifier_workdir="runs/vit")
+    config.evals.map = dict(type="coco_map", every_steps=2000, max_images=500)  # detection
 
 `every_steps` 0 means the run's `eval_every_steps` (0 there: only at the end); every evaluator
 also runs at the last step. The trainer's one eval loop (`run_due`) calls the evaluators that are
 due and writes their metrics as one 'eval' row per step. The task supplies data and prediction
 functions (`eval_iterator`, `eval_sums`, `decode_batches` + `predict_tokens`, `sample`,
-`generate`, `bpd_terms`) and the references and metrics of its data (`decode_references`,
-`reference_sets`, `decode_metrics`); the loops over eval data live here, not in the tasks.
+`generate`, `bpd_terms`, `coco_gt` + `detection_batches` + `predict_fn`) and the references and
+metrics of its data (`decode_references`, `reference_sets`, `decode_metrics`); the loops over eval
+data live here, not in the tasks.
 
 With EMA parameters in the state, evaluators with `ema=True` also report `ema_`-prefixed
 metrics (or, for pictures and samples, use the EMA parameters).
@@ -392,6 +394,91 @@ class BitsPerDimEvaluator(Evaluator):
             out |= {f"{prefix}{self.cfg.split}_{k}": v for k, v in res.items()}
         return out
 
+# ------------------------------------------------------------------------------------ COCO mAP
+def predict_detections(task: Any, params: Any, split: str, max_images: int = 0,
+                       mesh: jax.sharding.Mesh | None = None, *, top_k: int | None = None,
+                       gt: dict[str, Any] | None = None, predict: Callable | None = None,
+                       desc: str = "detecting") -> list[dict[str, Any]]:
+    """COCO predictions ({'image_id', 'category_id', 'bbox' px, 'score'}; every query of every
+    image unless top_k) of a detection task on the images of `gt` (default
+    `task.coco_gt(split, max_images)`): `task.predict_fn()` (params, images) -> {'logits',
+    'boxes'} runs on `task.detection_batches(split, max_images)`, whose rows are gt's images
+    in order; all processes gather the outputs (`attn_jax.eval.coco.detections_to_coco`).
+    `predict`: a jitted `task.predict_fn()` to reuse (default: jitted here)."""
+    from attn_jax.eval import coco
+
+    if mesh is None:
+        mesh = shd.make_mesh({"data": 1}, jax.devices()[:1])
+    gt = task.coco_gt(split, max_images) if gt is None else gt
+    images = gt["images"]
+    predict = predict or jax.jit(task.predict_fn())
+    batches = task.detection_batches(split, max_images, process_index=jax.process_index(),
+                                     process_count=jax.process_count())
+    logits, boxes = [], []
+    for batch in progress.track(batches, f"{desc} ({len(images)} images)"):
+        out = predict(params, shd.global_batch(mesh, {"image": batch["image"]})["image"])
+        logits.append(np.asarray(multihost_utils.process_allgather(out["logits"], tiled=True)))
+        boxes.append(np.asarray(multihost_utils.process_allgather(out["boxes"], tiled=True)))
+    n = len(images)
+    logits, boxes = np.concatenate(logits)[:n], np.concatenate(boxes)[:n]  # filler rows last
+    categories = [c["id"] for c in gt["categories"]]
+    return coco.detections_to_coco(logits, boxes, [im["id"] for im in images],
+                                   [(im["height"], im["width"]) for im in images], top_k=top_k,
+                                   category_ids=categories)
+
+
+class CocoMapEvaluator(Evaluator):
+    """COCO box AP (pycocotools through `attn_jax.eval.coco.coco_map`) of the task's detections
+    on each split: the task supplies `coco_gt(split, max_images)` (a COCO ground-truth dict),
+    `detection_batches` and `predict_fn` (`predict_detections` runs them). Writes `<workdir>/coco/<split>_gt.json` (once) and
+    `<workdir>/coco/<split>_step_<N>[_ema].json` (the predictions); metrics '<split>_AP',
+    '_AP50', '_AP75', '_AP_small', '_AP_medium', '_AP_large' (each in [0, 1]; -1 where the split
+    has no object of that size, as pycocotools)."""
+
+    METRICS = ("AP", "AP50", "AP75", "AP_small", "AP_medium", "AP_large")
+
+    @dataclasses.dataclass(frozen=True)
+    class Config(Evaluator.Config):
+        splits: tuple[str, ...] = ()    # default: the task's eval_splits()
+        max_images: int = 0             # 0 = the whole split
+        top_k: int = 0                  # detections kept per image; 0 = every query (DETR)
+
+    def __init__(self, name, cfg, task, default_every):
+        super().__init__(name, cfg, task, default_every)
+        self.splits = tuple(cfg.splits) or tuple(task.eval_splits())
+        task.check_splits(self.splits, f"config.evals.{name}.splits")
+        if cfg.max_images < 0 or cfg.top_k < 0:
+            raise ValueError(f"config.evals.{name}: max_images >= 0 and top_k >= 0 needed; "
+                             f"got {cfg}")
+        self._gt: dict[str, Any] = {}
+        self._predict = jax.jit(task.predict_fn())
+
+    def run(self, ctx):
+        from attn_jax.eval import coco
+
+        metrics = {}
+        for split in self.splits:
+            if split not in self._gt:
+                self._gt[split] = self.task.coco_gt(split, int(self.cfg.max_images))
+            gt = self._gt[split]
+            directory = os.path.join(ctx.workdir, "coco")
+            gt_path = os.path.join(directory, f"{split}_gt.json")
+            if ctx.primary and not os.path.exists(gt_path):
+                coco.write_coco_json(gt_path, gt)
+            for prefix, params in ctx.variants(self.cfg.ema):
+                predictions = predict_detections(
+                    self.task, params, split, int(self.cfg.max_images), ctx.mesh,
+                    top_k=int(self.cfg.top_k) or None, gt=gt, predict=self._predict,
+                    desc=f"eval {split} detections" + (" (EMA)" if prefix else ""))
+                if ctx.primary:
+                    suffix = "_ema" if prefix else ""
+                    coco.write_coco_json(
+                        os.path.join(directory, f"{split}_step_{ctx.step}{suffix}.json"),
+                        predictions)
+                stats = coco.coco_map(gt, predictions)
+                metrics |= {f"{prefix}{split}_{k}": stats[k] for k in self.METRICS}
+        return metrics
+
 
 EVALUATORS: dict[str, type[Evaluator]] = {
     "loss": LossEvaluator,
@@ -400,6 +487,7 @@ EVALUATORS: dict[str, type[Evaluator]] = {
     "samples": SamplesEvaluator,
     "fid": FidEvaluator,
     "bits_per_dim": BitsPerDimEvaluator,
+    "coco_map": CocoMapEvaluator,
 }
 
 

@@ -6,6 +6,7 @@ import importlib
 
 TASKS = {
     "classification": "attn_jax.tasks.classification:ClassificationTask",
+    "detection": "attn_jax.tasks.detection:DetectionTask",
     "diffusion": "attn_jax.tasks.diffusion:DiffusionTask",
     "seq2seq": "attn_jax.tasks.seq2seq:Seq2SeqTask",
     "lm": "attn_jax.tasks.lm:LanguageModelTask",
