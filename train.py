@@ -62,6 +62,10 @@ flags.DEFINE_bool("jit_cache", True, "Keep compiled programs in JAX's persistent
                   "cache, so that reruns and resumes skip compiling (attn_jax/train/jit_cache.py).")
 flags.DEFINE_string("jit_cache_dir", None, "The cache's directory (default: "
                     "$JAX_COMPILATION_CACHE_DIR, else ~/.cache/attn_jax/jit).")
+flags.DEFINE_enum("cpu_kernels", None, ["eigen", "ynnpack"], "Who runs XLA:CPU's matrix "
+                  "multiplications (attn_jax/train/cpu_kernels.py): eigen (default, or "
+                  "$ATTN_JAX_CPU_KERNELS: XLA's own dot kernels, measured faster here) or "
+                  "ynnpack (XLA's default). CPU runs only.")
 flags.DEFINE_bool("distributed", False, "Call jax.distributed.initialize() with its "
                   "auto-detection (Cloud TPU pods, SLURM).")
 FLAGS = flags.FLAGS
@@ -94,8 +98,9 @@ def _run(config, workdir: str) -> None:
     import jax  # after flag parsing: XLA_FLAGS/JAX_PLATFORMS from the environment are in place
     import tensorflow_datasets as tfds
 
-    from attn_jax.train import jit_cache
+    from attn_jax.train import cpu_kernels, jit_cache
 
+    cpu_kernels.configure(FLAGS.cpu_kernels, strict=True)  # before any backend starts
     jit_cache.configure(FLAGS.jit_cache, FLAGS.jit_cache_dir)  # before anything compiles
 
     tfds.disable_progress_bar()

@@ -12,10 +12,13 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from attn_jax.train import cpu_kernels
 from attn_jax.train.loop import TrainState, make_train_step
 from attn_jax.train.optim import make_optimizer
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The benchmarks time what train.py runs: its CPU kernel library ($ATTN_JAX_CPU_KERNELS to change).
+CPU_KERNELS = cpu_kernels.configure()
 
 # Dense peak TFLOP/s by device kind and compute dtype (vendor figures, no sparsity).
 PEAKS = {("NVIDIA H100 80GB HBM3", "bfloat16"): 989.0, ("NVIDIA H100 80GB HBM3", "float32"): 67.0,

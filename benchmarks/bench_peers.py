@@ -53,7 +53,8 @@ import optax
 from attn_jax.models import build_model
 from attn_jax.models.vit import ViT
 from attn_jax.train.config import base_config
-from _common import header, param_count, trainer_step
+from attn_jax.train import cpu_kernels
+from _common import CPU_KERNELS, header, param_count, trainer_step
 from bench_lm import _RandomTokensTask
 from bench_vit import _RandomTask
 
@@ -142,8 +143,9 @@ def _jax_runner(name: str, step: Callable, carry: tuple, data: Any, n_params: in
 
 
 # ------------------------------------------------------------------------------------ attn_jax
-def attn_jax_runner(shape: ViTShape | LMShape, batch: dict) -> tuple[Runner, float]:
-    """The repo's model and trainer step; also returns XLA's FLOPs of one step."""
+def attn_jax_step(shape: ViTShape | LMShape, batch: dict) -> tuple[Any, Any, Any, int, float]:
+    """(compiled trainer step, its initial state, the batch on the device, parameter count,
+    XLA's FLOPs of one step) of the repo's model on `shape`; profile_step.py profiles this."""
     data = jax.tree.map(jnp.asarray, batch)
     if isinstance(shape, ViTShape):
         model = ViT(num_classes=shape.classes, patch_size=shape.patch, hidden_size=shape.width,
@@ -164,6 +166,12 @@ def attn_jax_runner(shape: ViTShape | LMShape, batch: dict) -> tuple[Runner, flo
     optim.update(learning_rate=LR, weight_decay=WEIGHT_DECAY, grad_clip_norm=CLIP,
                  schedule="constant")
     compiled, state, flops = trainer_step(task, params, optim, data)
+    return compiled, state, data, n_params, flops
+
+
+def attn_jax_runner(shape: ViTShape | LMShape, batch: dict) -> tuple[Runner, float]:
+    """The repo's model and trainer step; also returns XLA's FLOPs of one step."""
+    compiled, state, data, n_params, flops = attn_jax_step(shape, batch)
 
     def step(state, data):
         state, metrics = compiled(state, data)
@@ -452,7 +460,7 @@ def main(argv: list[str] | None = None) -> None:
         rates["torch"] = torch_matmul_gflops(matmul_n)
 
     print(f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, backend {jax.default_backend()}, "
-          f"{versions}")
+          f"{versions}, XLA:CPU kernels {CPU_KERNELS} (${cpu_kernels.ENV})")
     print(f"float32 {matmul_n}x{matmul_n} matmul: "
           + ", ".join(f"{k.upper() if k == 'xla' else k} {v:.1f} GFLOP/s" for k, v in rates.items()))
     print(f"best of {reps} interleaved rounds of {steps} steps after {args.warmup} warm-up step(s)")

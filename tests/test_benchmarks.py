@@ -267,3 +267,54 @@ def test_long_range_quick_tables(long_range, tmp_path, capsys):
     for r in rows:
         x_t, x_1, ratio = map(float, r[3:6])
         assert x_t > 0 and x_1 > 0 and math.isclose(ratio, x_1 / x_t, rel_tol=0.02), r
+
+
+def test_profile_step_classifies_and_tables():
+    """profile_step.py: the op classes of real op_names from the ViT and LM steps' HLO, and a
+    --quick run's table (every kernel classified, the percentages summing to 100)."""
+    prof = _bench_module("profile_step")
+    step = "jit(train_step)/"
+    vit = step + "jvp(ViT)/Transformer/encoderblock_0/"
+    lm_bwd = step + "transpose(jvp(DecoderOnlyLM))/decoder/layer_1/"
+    cases = {
+        ("ynn_fusion.283", "dot", vit + "mlp/Dense_0/dot_general"): ("MLP matmuls", "fwd"),
+        ("multiply_tanh_fusion.5", "multiply", vit + "mlp/tanh"): ("GELU and bias", "fwd"),
+        ("dot.3", "dot", lm_bwd + "self_attention/query/dot_general"):
+            ("q/k/v projections", "bwd"),
+        ("dot.9", "dot", lm_bwd + "self_attention/out/dot_general"):
+            ("output projection", "bwd"),
+        ("dot.4", "dot", vit + "self_attention/vmap(BTNH,BSNH->BNTS)/dot_general"):
+            ("attention einsums", "fwd"),
+        ("reduce.7", "reduce", vit + "self_attention/vmap()/reduce_max"): ("softmax", "fwd"),
+        ("fusion.2", "multiply", vit + "self_attention_norm/mul"): ("layer norm", "fwd"),
+        ("wrapped_broadcast.5", "broadcast", vit + "mlp_norm/mul"):
+            ("copies, transposes, broadcasts", "fwd"),
+        ("multiply_add_fusion", "add", step + "add"): ("optimizer update", "update"),
+        ("wrapped_reduce-window.1", "reduce-window", "reduce-window"):
+            ("split reductions", "bwd"),
+    }
+    for (name, opcode, op_name), expected in cases.items():
+        assert prof.classify(name, opcode, op_name) == expected, (name, op_name)
+    hlo = """HloModule m
+
+%fused_computation.1 (p: f32[4,8]) -> f32[1,8] {
+  %p = f32[4,8]{1,0} parameter(0)
+  ROOT %reduce-window.1 = f32[1,8]{1,0} reduce-window(%p, %c), window={size=4x1}
+}
+
+ENTRY %main (a: f32[4,8]) -> f32[1,8] {
+  %a = f32[4,8]{1,0} parameter(0), metadata={op_name="state.params"}
+  ROOT %wrapped_reduce-window.1 = f32[1,8]{1,0} fusion(%a), kind=kLoop, calls=%fused_computation.1
+}
+"""
+    assert prof.entry_instructions(hlo) == {"a": ("parameter", "state.params"),
+                                            "wrapped_reduce-window.1": ("reduce-window",
+                                                                        "reduce-window")}
+    table = prof.profile("vit", prof.QUICK["vit"], steps=1, warmup=1, top=3)
+    rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines()
+            if line.startswith("| ") and not line.startswith("| category")
+            and not line.startswith("| kernel")]
+    categories = [r for r in rows if r[0] in prof.CATEGORIES]
+    assert {"MLP matmuls", "layer norm", "optimizer update"} <= {r[0] for r in categories}, table
+    assert abs(sum(float(r[6].rstrip("%")) for r in categories) - 100) < 0.5, table
+    assert len(rows) - len(categories) == 3, table  # the top-3 kernel list
