@@ -30,7 +30,9 @@ Timing: after --warmup steps of each, --reps rounds; each round runs --steps ste
 implementation in turn (the order rotates each round) and the table keeps each one's best round.
 torch runs on as many threads as the process has cores, as XLA does. FLOPs: XLA's cost analysis
 of the attn_jax step, the same count for every row, so GFLOP/s compares like with like. The
-matmul rates are a jitted 2048x2048 float32 matmul (XLA) and `torch.mm` of the same, best of 5.
+matmul rates are a jitted 2048x2048 float32 matmul (XLA) and `torch.mm` of the same, best of 5,
+and XLA's rate at each workload's MLP up-projection shape ([tokens, width] @ [width, MLP]: the
+step's largest matmul; its small inner dimension keeps it well below the square rate).
 """
 
 from __future__ import annotations
@@ -322,8 +324,12 @@ def torch_runner(shape: ViTShape | LMShape, batch: dict, compile: bool) -> Runne
 
 
 # ---------------------------------------------------------------------------------- matmul rate
-def jax_matmul_gflops(n: int, repeats: int = 5) -> float:
-    a, b = (jax.random.normal(jax.random.PRNGKey(i), (n, n), jnp.float32) for i in (0, 1))
+def jax_matmul_gflops(n: int, k: int | None = None, m: int | None = None,
+                      repeats: int = 5) -> float:
+    """GFLOP/s of a jitted float32 [n, k] @ [k, m] matmul (default square), best of `repeats`."""
+    k, m = k or n, m or n
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, k), jnp.float32)
+    b = jax.random.normal(jax.random.PRNGKey(1), (k, m), jnp.float32)
     matmul = jax.jit(jnp.matmul).lower(a, b).compile()
     jax.block_until_ready(matmul(a, b))
     best = math.inf
@@ -331,7 +337,13 @@ def jax_matmul_gflops(n: int, repeats: int = 5) -> float:
         start = time.perf_counter()
         jax.block_until_ready(matmul(a, b))
         best = min(best, time.perf_counter() - start)
-    return 2 * n**3 / best / 1e9
+    return 2 * n * k * m / best / 1e9
+
+
+def mlp_matmul_shape(shape: ViTShape | LMShape) -> tuple[int, int, int]:
+    """(tokens, width, MLP width): the forward MLP up-projection, the step's largest matmul."""
+    tokens = shape.batch * (shape.tokens if isinstance(shape, ViTShape) else shape.seq)
+    return tokens, shape.width, shape.mlp
 
 
 def torch_matmul_gflops(n: int, repeats: int = 5) -> float:
@@ -405,7 +417,7 @@ def table_rows(workload: str, n_params: int, best: dict[str, float], flops: floa
         ratios = [f"{best[p] / sec:.2f}" if p in best else "n/a" for p in peers]
         gflops = flops / sec / 1e9
         fractions = [f"{100 * gflops / rates[k]:.3g}%" if k in rates else "n/a"
-                     for k in ("xla", "torch")]
+                     for k in ("xla", "torch", "xla_mlp")]
         rows.append(f"| {workload} | {name} | {n_params:,} | {sec * 1e3:.1f} | "
                     + " | ".join(ratios) + f" | {gflops:.3g} | " + " | ".join(fractions) + " |")
     return rows
@@ -470,13 +482,19 @@ def main(argv: list[str] | None = None) -> None:
         shape = QUICK[workload] if quick else WORKLOADS[workload]
         runners, flops = build_runners(shape, impls, notes, workload)
         best = measure(runners, steps, reps, args.warmup)
+        mlp = mlp_matmul_shape(shape)
+        mlp_rate = jax_matmul_gflops(*mlp)
         print(f"{workload}: {shape.describe()}; {flops / 1e9:.4g} GFLOP a step (XLA's count of "
-              "the attn_jax step)", flush=True)
-        results.append(table_rows(workload, runners[0].n_params, best, flops, rates, peers))
+              f"the attn_jax step); XLA matmul at the MLP's shape [{mlp[0]}, {mlp[1]}] @ "
+              f"[{mlp[1]}, {mlp[2]}]: {mlp_rate:.1f} GFLOP/s", flush=True)
+        results.append(table_rows(workload, runners[0].n_params, best, flops,
+                                  {**rates, "xla_mlp": mlp_rate}, peers))
     print("\n'vs X': X's ms/step over the row's (above 1: the row is faster); GFLOP/s: the "
-          "attn_jax step's XLA FLOPs over the row's time; % of each float32 matmul rate above\n")
+          "attn_jax step's XLA FLOPs over the row's time; % of each float32 matmul rate above (the "
+          "square one, and XLA's at the workload's MLP shape)\n")
     print(header(["workload", "implementation", "params", "ms/step"] + [f"vs {p}" for p in peers]
-                 + ["GFLOP/s", "% of XLA matmul", "% of torch matmul"]))
+                 + ["GFLOP/s", "% of XLA matmul", "% of torch matmul",
+                    "% of XLA MLP-shape matmul"]))
     for rows in results:
         print("\n".join(rows))
     for note in notes:

@@ -98,6 +98,7 @@ def test_bench_peers_quick_table():
         assert float(cells["% of XLA matmul"].rstrip("%")) >= 0, row
         if "torch eager" in impls:
             assert cells["% of torch matmul"].endswith("%"), row
+        assert float(cells["% of XLA MLP-shape matmul"].rstrip("%")) > 0, row
     for workload in ("vit", "lm"):
         assert len({r[2] for r in rows if r[0] == workload}) == 1, rows  # equal parameter counts
 

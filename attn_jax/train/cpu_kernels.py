@@ -3,9 +3,10 @@
 jax 0.10's XLA:CPU hands its dots (and some reductions) to YNNPACK by default. With YNNPACK off,
 XLA runs them itself (its dot thunks, on Eigen's contraction kernels). On the 2-core AMD EPYC
 this repo is measured on, that makes every train step measured faster (BENCHMARKS.md, "Where the
-CPU step's time goes", 2026-12-07): the bench_peers ViT step by 9-11%, its LM step by 5-7%,
-vit_fashion_mnist 9%, mixer_fashion_mnist 12%, cnn_fashion_mnist 27%, lm_stdlib 4%. So `eigen`
-is train.py's default; `ynnpack` keeps XLA's own choice.
+CPU step's time goes", 2026-12-07): the bench_peers ViT step by 8%, its LM step by 4%,
+vit_fashion_mnist 9%, mixer_fashion_mnist 6%, cnn_fashion_mnist 31%, lm_stdlib 8%; KV-cached
+decoding of lm_stdlib is 14% slower (0.41 against 0.36 ms a step). So `eigen` is train.py's
+default; `ynnpack` keeps XLA's own choice.
 
     eigen    --xla_cpu_experimental_ynn_fusion_type=   (no YNNPACK fusions)
     ynnpack  XLA's defaults
