@@ -390,3 +390,13 @@ def test_scenes_plug_into_the_seq2seq_task_as_an_image_source(tmp_path):
     config.data.max_tgt_len = 20
     with pytest.raises(ValueError, match="cannot hold the longest caption"):
         tasks.get_task("seq2seq")(config).validate()
+    # A Transformer decoder whose positions stop short of the captions is refused before init.
+    config.data.max_tgt_len = 56
+    config.model = dict(name="transformer_captioner", emb_dim=16, num_heads=2, mlp_dim=32,
+                        num_encoder_layers=0, num_decoder_layers=1, max_len=32,
+                        image_shape=(32, 32, 1), backbone=dict(
+                            name="cnn", num_classes=None, widths=(8, 16), blocks_per_stage=1,
+                            num_groups=4))
+    with pytest.raises(ValueError, match=r"model max_len=32 is shorter than the longest "
+                                         r"sequence 56"):
+        tasks.get_task("seq2seq")(config).validate()
