@@ -43,13 +43,21 @@ def test_choices_reach_the_compiled_program():
         "XLA_FLAGS ynn"
 
 
-def test_bad_choice_and_late_call():
+def test_the_test_processes_run_train_pys_default():
+    """tests/xla_env.py gives every test process train.py's default kernels, so in-process runs
+    and train.py subprocesses agree bit for bit."""
+    from xla_env import CPU_KERNELS
+
+    assert CPU_KERNELS == cpu_kernels.CHOICES[cpu_kernels.DEFAULT]
+    assert CPU_KERNELS in os.environ["XLA_FLAGS"]
+
+
+def test_bad_choice_and_late_call(monkeypatch):
     with pytest.raises(ValueError, match="cpu_kernels='onednn' is unknown"):
         cpu_kernels.configure("onednn")
     jax.devices()  # this process's backend has started: too late to change XLA_FLAGS
-    before = os.environ.get("XLA_FLAGS")
-    if any(f in (before or "") for f in cpu_kernels._OWN_FLAGS):
-        pytest.skip("this run's XLA_FLAGS already choose the CPU kernels")
+    before = "--xla_force_host_platform_device_count=8"  # as if the user had chosen nothing
+    monkeypatch.setenv("XLA_FLAGS", before)
     assert cpu_kernels.configure("eigen") == "unchanged"
     assert os.environ.get("XLA_FLAGS") == before
     with pytest.raises(RuntimeError, match="already started"):

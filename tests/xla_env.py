@@ -9,8 +9,12 @@ Timings belong in benchmarks/, which never set these flags.
 """
 
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
+# train.py's default CPU kernels (attn_jax/train/cpu_kernels.py, `CHOICES[DEFAULT]`; a test keeps
+# the two equal), in every test process: a run in the test process and a train.py subprocess
+# must compute with the same kernels to agree bit for bit.
+CPU_KERNELS = "--xla_cpu_experimental_ynn_fusion_type="
 
 
 def xla_flags(devices: int) -> str:
     """XLA_FLAGS for a test process with `devices` simulated CPU devices."""
-    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE}"
+    return f"--xla_force_host_platform_device_count={devices} {FAST_COMPILE} {CPU_KERNELS}"
