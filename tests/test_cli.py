@@ -291,6 +291,15 @@ def test_resume_policy_refuses_what_changes_training_unless_allowed(finished, da
         return safety.check_resume(workdir, config, plan_run(config, workdir).abstract)
 
     assert check() == (8, "")
+    # train.py passes the workdir as typed (relative, as in `--workdir runs/x`): the checks see
+    # the same checkpoint (orbax reads metadata from absolute paths only; this once returned None).
+    config = tiny(data_dir, **{"checkpoint.max_to_keep": 4})
+    relative = os.path.relpath(workdir)
+    assert not os.path.isabs(relative)
+    assert safety.check_resume(relative, config, plan_run(config, relative).abstract) == (8, "")
+    with pytest.raises(safety.ConfigError, match="allow_changes=seed"):
+        config.seed = 1
+        safety.check_resume(relative, config, plan_run(config, relative).abstract)
     step, note = check(**{"log_every_steps": 4, "mesh.data": 2, "mesh.fsdp": 4,
                           "grad_accum_steps": 2, "checkpoint.max_to_keep": 2,
                           "data.eval_splits": ("train",)})

@@ -333,6 +333,7 @@ def saved_run(directory: str) -> tuple[int, dict[str, tuple[int, ...]], dict] | 
     would read them."""
     if not os.path.isdir(directory):
         return None
+    directory = os.path.abspath(directory)  # orbax reads array metadata from absolute paths only
     handlers = dict(state=ocp.StandardCheckpointHandler(), config=ocp.JsonCheckpointHandler(),
                     data=ocp.JsonCheckpointHandler(), digest=ocp.JsonCheckpointHandler(),
                     eval=ocp.JsonCheckpointHandler())
