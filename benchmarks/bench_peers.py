@@ -32,7 +32,7 @@ torch runs on as many threads as the process has cores, as XLA does. FLOPs: XLA'
 of the attn_jax step, the same count for every row, so GFLOP/s compares like with like. The
 matmul rates are a jitted 2048x2048 float32 matmul (XLA) and `torch.mm` of the same, best of 5,
 and XLA's rate at each workload's MLP up-projection shape ([tokens, width] @ [width, MLP]: the
-step's largest matmul; its small inner dimension keeps it well below the square rate).
+step's largest matmul; on the 2-core EPYC it runs as fast as the square one, BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -206,8 +206,9 @@ def main(argv: list[str] | None = None) -> None:
     print(f"{time.strftime('%Y-%m-%d')}, {cpu_name()}, backend {jax.default_backend()}, "
           f"jax {jax.__version__}, XLA:CPU kernels {CPU_KERNELS}, "
           f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    if "--xla_cpu_experimental_ynn_fusion_type=" in os.environ.get("XLA_FLAGS", "").replace(
-            "=dot", "").replace("=reduce", "") and jax.default_backend() == "cpu":
+    flags = os.environ.get("XLA_FLAGS", "")
+    ynn = re.search(r"--xla_cpu_experimental_ynn_fusion_type=(\S*)", flags)
+    if ynn and "dot" not in ynn.group(1) and jax.default_backend() == "cpu":  # dots off YNNPACK
         print("note: XLA's own dot kernels (no YNNPACK) run asynchronously and are traced only "
               "while dispatched: the matmul rows are too small (ATTN_JAX_CPU_KERNELS=ynnpack "
               "times them whole)")

@@ -5,7 +5,8 @@ The suite is dominated by compiling tiny programs, not by running them: XLA's CP
 optimisations (LLVM's -O2 pipeline and its expensive passes) cost about a third of the suite's
 CPU time and buy nothing a test looks at. The HLO passes (fusion, layout, sharding propagation)
 still run, so the programs under test are the ones users run, only less tuned machine code.
-Timings belong in benchmarks/, which never set these flags.
+Timings belong in benchmarks/, which never set FAST_COMPILE (they do use train.py's CPU
+kernels, CPU_KERNELS below, as every test process does).
 """
 
 FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
