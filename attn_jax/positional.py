@@ -210,6 +210,45 @@ def detr_sine_positions(
     return pe.reshape(height * width, dim).astype(dtype)
 
 
+def detr_sine_positions_masked(
+    mask: Array,
+    dim: int,
+    temperature: float = 10_000.0,
+    normalize: bool = True,
+    scale: float = 2 * math.pi,
+    dtype: jnp.dtype = jnp.float32,
+) -> Array:
+    """`detr_sine_positions` of padded images: `mask [batch, height, width]` (True = a real
+    cell, False = padding at the bottom or right) -> `[batch, height * width, dim]`.
+
+    The official `PositionEmbeddingSine` with its mask: the coordinates are the cumulative
+    counts of real cells along each axis (y = cumsum over rows, x = cumsum over columns), and
+    normalize divides by the last count, so each image's real extent spans (0, scale] whatever
+    its padding. With an all-True mask this is `detr_sine_positions`.
+    """
+    if dim % 4 != 0 or dim < 4:
+        raise ValueError(f"detr_sine_positions needs dim divisible by 4, got dim={dim}")
+    if mask.ndim != 3:
+        raise ValueError(f"detr_sine_positions_masked needs mask [batch, height, width], got "
+                         f"shape {mask.shape}")
+    b, h, w = mask.shape
+    feats = dim // 2
+    k = jnp.arange(feats)
+    dim_t = temperature ** (2.0 * (k // 2).astype(jnp.float32) / feats)  # [F]
+    real = mask.astype(jnp.float32)
+    y, x = jnp.cumsum(real, axis=1), jnp.cumsum(real, axis=2)
+    if normalize:
+        y = y / (y[:, -1:, :] + 1e-6) * scale
+        x = x / (x[:, :, -1:] + 1e-6) * scale
+
+    def encode(coord: Array) -> Array:
+        angle = coord[..., None] / dim_t                                 # [b, h, w, F]
+        return jnp.where(k % 2 == 0, jnp.sin(angle), jnp.cos(angle))
+
+    pe = jnp.concatenate([encode(y), encode(x)], axis=-1)
+    return pe.reshape(b, h * w, dim).astype(dtype)
+
+
 def rope_frequencies(head_dim: int, max_wavelength: float = 10_000.0) -> Array:
     """RoPE angular frequencies theta_i = max_wavelength ** (-2i / head_dim): `[head_dim // 2]`.
 

@@ -319,6 +319,26 @@ def test_cross_entropy_uses_the_no_object_weight():
     assert abs(plain - weighted) > 1e-2  # the check above can tell the weight apart
 
 
+def test_filler_images_leave_the_loss_through_the_image_mask():
+    # Reference: the NumPy SetCriterion on the real images alone. Two filler images (no
+    # objects, as a split's padded last batch holds) are appended; unmasked, their queries
+    # enter the CE as no-object terms and change it, masked they must not.
+    rng = np.random.default_rng(12)
+    logits, boxes, labels, tboxes, mask = random_batch(rng, counts=[2, 3, 0, 0], n=6, m=4)
+    real = slice(0, 2)
+    want = np_detr_loss(logits[real], boxes[real], labels[real], tboxes[real], mask[real])
+    image_mask = np.array([True, True, False, False])
+    got = det.set_loss(logits, boxes, labels, tboxes, mask, image_mask=image_mask)
+    assert_loss_close(got, want)
+    alone = det.set_loss(*(x[real] for x in (logits, boxes, labels, tboxes, mask)))
+    np.testing.assert_allclose(float(got["cardinality_error"]),
+                               float(alone["cardinality_error"]), rtol=1e-6)
+    unmasked = det.set_loss(logits, boxes, labels, tboxes, mask)
+    assert abs(float(unmasked["loss_ce"]) - want["loss_ce"]) > 1e-3  # the fillers did count
+    with pytest.raises(ValueError, match=r"image_mask must be \[B\]"):
+        det.set_loss(logits, boxes, labels, tboxes, mask, image_mask=image_mask[:3])
+
+
 def test_set_loss_is_invariant_to_permuting_queries_and_targets():
     rng = np.random.default_rng(9)
     logits, boxes, labels, tboxes, mask = random_batch(rng, counts=[2, 4], n=6, m=4)

@@ -43,7 +43,7 @@ def params(task):
 
 
 def _batch(task, n=2):
-    return scenes.detection_batch(task.scenes("train"), list(range(n)), task.max_objects)
+    return scenes.detection_batch(task.source("train"), list(range(n)), task.max_objects)
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -85,8 +85,8 @@ def test_bad_configs_raise_before_compiling():
         _task({"data.max_objects": 9}).validate()
     with pytest.raises(ValueError, match="num_classes=5, but the data needs 10"):
         _task({"model.num_classes": 5})
-    with pytest.raises(ValueError, match="cannot read COCO yet"):
-        _task({"data.dataset": "coco"})
+    with pytest.raises(FileNotFoundError, match="tfds build coco/2017"):
+        _task({"data.dataset": "coco", "data.data_dir": "/tmp/attn_jax_no_coco_here"})
     with pytest.raises(ValueError, match="choose one of"):
         _task({"data.dataset": "voc"})
 
@@ -151,7 +151,7 @@ def test_overfits_one_batch_of_scenes_to_ap50():
                         backbone=dict(name="cnn", widths=(16, 32, 32), blocks_per_stage=1,
                                       num_groups=8))
     task = get_task("detection")(config)
-    batch = {**scenes.detection_batch(task.scenes("train"), range(4), task.max_objects),
+    batch = {**scenes.detection_batch(task.source("train"), range(4), task.max_objects),
              "mask": np.ones(4, np.float32)}
     params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
     tx = optax.chain(optax.clip_by_global_norm(0.1), optax.adamw(2e-3, weight_decay=1e-4))
@@ -186,15 +186,26 @@ def _config_file(name):
     return module.get_config()
 
 
-def test_shipped_configs():
+def test_shipped_configs(tmp_path):
     """configs/detr_scenes.py builds its task and passes its checks (no compile);
-    configs/detr_coco.py fails at once, naming what the task lacks to read COCO."""
+    configs/detr_coco.py too, on the coco/2017 stand-in of tests/fake_coco.py (without the
+    prepared dataset it fails at once, naming the command that prepares it)."""
     task = get_task("detection")(_config_file("detr_scenes"))
     task.validate()
     assert task.image_shape == (64, 64, 1) and task.model.grid_shape((64, 64)) == (8, 8)
     assert task.num_classes == 10 and task.model.num_queries >= task.max_objects
-    with pytest.raises(ValueError, match="cannot read COCO yet. Missing: a reader of tfds"):
-        get_task("detection")(_config_file("detr_coco"))
+    config = _config_file("detr_coco")
+    config.data.data_dir = str(tmp_path)
+    with pytest.raises(FileNotFoundError, match="tfds coco/2017 is not prepared in"):
+        get_task("detection")(config)
+    import fake_coco
+
+    fake_coco.build(str(tmp_path))
+    coco_task = get_task("detection")(config)
+    coco_task.validate()
+    assert coco_task.image_shape == (config.data.canvas_size,) * 2 + (3,)
+    assert coco_task.num_classes == 80 and coco_task.max_objects == 100
+    assert coco_task.model.num_queries == 100
 
 
 def test_detection_pictures_are_written(task, params, tmp_path):

@@ -16,7 +16,7 @@ import pytest
 
 from attn_jax.attention import MultiHeadAttention
 from attn_jax.models import build_model
-from attn_jax.positional import detr_sine_positions
+from attn_jax.positional import detr_sine_positions, detr_sine_positions_masked
 from attn_jax.train.optim import ParamGroups
 
 CNN = dict(name="cnn", widths=(8, 16, 16), blocks_per_stage=1, num_groups=4)  # 32px -> 8x8 grid
@@ -135,10 +135,13 @@ def test_positions_go_to_queries_and_keys_never_values(run):
     assert sum("attention" in p for p in calls) == 5
 
 
-def _sine_reference(h, w, dim, temperature=10000.0, scale=2 * math.pi):
-    """A NumPy transcription of the official DETR PositionEmbeddingSine (normalize=True) on an
-    unpadded [h, w] mask: cumulative sums, dim_t, stacked sin(0::2) / cos(1::2), y then x."""
-    not_mask = np.ones((1, h, w))
+def _sine_reference(h, w, dim, temperature=10000.0, scale=2 * math.pi, not_mask=None):
+    """A NumPy transcription of the official DETR PositionEmbeddingSine (normalize=True) on a
+    [b, h, w] not-mask (True = a real cell; default one unpadded image): cumulative sums, dim_t,
+    stacked sin(0::2) / cos(1::2), y then x -> [b, h * w, dim] ([h * w, dim] by default)."""
+    single = not_mask is None
+    not_mask = np.ones((1, h, w)) if single else np.asarray(not_mask, np.float64)
+    b = not_mask.shape[0]
     y_embed, x_embed = not_mask.cumsum(1), not_mask.cumsum(2)
     eps = 1e-6
     y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
@@ -148,10 +151,11 @@ def _sine_reference(h, w, dim, temperature=10000.0, scale=2 * math.pi):
     dim_t = temperature ** (2 * (dim_t // 2) / feats)
     pos_x, pos_y = x_embed[..., None] / dim_t, y_embed[..., None] / dim_t
     pos_x = np.stack((np.sin(pos_x[..., 0::2]), np.cos(pos_x[..., 1::2])), axis=4).reshape(
-        1, h, w, feats)
+        b, h, w, feats)
     pos_y = np.stack((np.sin(pos_y[..., 0::2]), np.cos(pos_y[..., 1::2])), axis=4).reshape(
-        1, h, w, feats)
-    return np.concatenate((pos_y, pos_x), axis=3)[0].reshape(h * w, dim)
+        b, h, w, feats)
+    out = np.concatenate((pos_y, pos_x), axis=3).reshape(b, h * w, dim)
+    return out[0] if single else out
 
 
 @pytest.mark.parametrize("h,w,dim", [(8, 8, 16), (3, 5, 32), (1, 7, 8)])
@@ -160,6 +164,75 @@ def test_sine_positions_match_numpy(h, w, dim):
     np.testing.assert_allclose(got, _sine_reference(h, w, dim), atol=2e-5)
     with pytest.raises(ValueError, match="divisible by 4"):
         detr_sine_positions(h, w, 18)
+
+
+def test_masked_sine_positions_match_numpy():
+    # Two images padded to 6x7 cells: one 4x5 real, one unpadded (the all-True mask must give
+    # detr_sine_positions exactly).
+    mask = np.zeros((2, 6, 7), bool)
+    mask[0, :4, :5] = True
+    mask[1] = True
+    got = detr_sine_positions_masked(jnp.asarray(mask), 16)
+    np.testing.assert_allclose(got, _sine_reference(6, 7, 16, not_mask=mask), atol=2e-5)
+    np.testing.assert_allclose(got[1], detr_sine_positions(6, 7, 16), atol=1e-6)
+    # the real 4x5 corner is encoded as a lone 4x5 grid
+    corner = np.asarray(got[0]).reshape(6, 7, 16)[:4, :5].reshape(20, 16)
+    np.testing.assert_allclose(corner, detr_sine_positions(4, 5, 16), atol=1e-5)
+    with pytest.raises(ValueError, match="batch, height, width"):
+        detr_sine_positions_masked(jnp.ones((6, 7)), 16)
+
+
+def _pixel_mask(batch=2):
+    """Image 0 real in its top-left 20x24 pixels (5x6 of the 8x8 cells), image 1 unpadded."""
+    mask = np.ones((batch, 32, 32), bool)
+    mask[0, 20:, :] = False
+    mask[0, :, 24:] = False
+    return jnp.asarray(mask)
+
+
+def test_grid_mask_is_nearest_downsampling():
+    model = _model()
+    mask = np.random.default_rng(0).random((2, 32, 32)) > 0.5
+    got = np.asarray(model.grid_mask(jnp.asarray(mask)))
+    gh, gw = model.grid_shape((32, 32))
+    want = np.array([[[mask[b, (i * 32) // gh, (j * 32) // gw] for j in range(gw)]
+                      for i in range(gh)] for b in range(2)])  # torch's nearest: floor(i H / h')
+    np.testing.assert_array_equal(got, want)
+
+
+def test_pixel_mask_hides_the_padded_cells(run):
+    # Reference: the same model without the mask. An all-True mask changes nothing; with image
+    # 0 padded, what the encoder and decoder read at its padded cells (input_proj's output
+    # there) must not reach any output, and no query attends to a padded cell.
+    model, variables, got = run
+    x = _images()
+    full = model.apply(variables, x, pixel_mask=jnp.ones((2, 32, 32), bool))
+    np.testing.assert_allclose(full["logits"], got["out"]["logits"], atol=1e-5)
+    mask = _pixel_mask()
+    cells = np.asarray(model.grid_mask(mask)).reshape(2, -1)
+    assert cells[0].sum() == 30 and cells[1].all()
+
+    def scramble(next_fun, args, kwargs, context):
+        out = next_fun(*args, **kwargs)
+        if "/".join(context.module.scope.path) == "input_proj":
+            noise = 100.0 * jax.random.normal(jax.random.PRNGKey(9), out.shape)
+            out = jnp.where(jnp.asarray(cells)[..., None], out, noise)
+        return out
+
+    masked = model.apply(variables, x, pixel_mask=mask)
+    with nn.intercept_methods(scramble):
+        scrambled = model.apply(variables, x, pixel_mask=mask)
+    for key in ("logits", "boxes"):
+        np.testing.assert_allclose(scrambled[key], masked[key], atol=1e-4)
+    _, weights = model.apply(variables, x, mask, method="cross_attention_map")
+    assert float(jnp.abs(weights[0][..., ~cells[0]]).max()) == 0.0
+    np.testing.assert_allclose(weights.sum(-1), 1.0, atol=1e-5)
+    # without the mask the scrambled cells do change image 0's outputs (the check can fail)
+    with nn.intercept_methods(scramble):
+        unmasked = model.apply(variables, x)
+    assert float(jnp.abs(unmasked["logits"][0] - got["out"]["logits"][0]).max()) > 1e-3
+    with pytest.raises(ValueError, match="pixel_mask must be"):
+        model.apply(variables, x, pixel_mask=jnp.ones((2, 32, 31), bool))
 
 
 def test_cross_attention_map(run):

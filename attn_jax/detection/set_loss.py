@@ -48,6 +48,7 @@ def _layer_losses(
     tgt_boxes: Array,
     tgt_mask: Array,
     num_boxes: Array,
+    image_mask: Array,
     *,
     eos_coef: float,
     cost_class: float,
@@ -72,6 +73,7 @@ def _layer_losses(
 
     target_classes = jax.vmap(classes_of)(match.pred_idx, match.valid, tgt_labels)  # [B, N]
     class_weight = jnp.where(target_classes == num_classes, eos_coef, 1.0)
+    class_weight = class_weight * image_mask[:, None]
     loss_ce, _ = cross_entropy_with_label_smoothing(pred_logits, target_classes, class_weight)
 
     src = jnp.take_along_axis(pred_boxes.astype(jnp.float32), match.pred_idx[..., None], axis=-2)
@@ -81,11 +83,13 @@ def _layer_losses(
     # Cardinality error (logged only, as in the official code):
     # |#queries not predicting no-object - #objects|, averaged over images.
     card = jnp.sum(jnp.argmax(pred_logits, -1) != num_classes, -1) - jnp.sum(tgt_mask, -1)
+    card = jnp.sum(jnp.abs(card).astype(jnp.float32) * image_mask) / jnp.maximum(
+        jnp.sum(image_mask), 1.0)
     return {
         "loss_ce": loss_ce,
         "loss_bbox": jnp.sum(l1 * valid) / num_boxes,
         "loss_giou": jnp.sum((1.0 - giou) * valid) / num_boxes,
-        "cardinality_error": jnp.mean(jnp.abs(card).astype(jnp.float32)),
+        "cardinality_error": card,
     }
 
 
@@ -104,6 +108,7 @@ def set_loss_with_aux(
     cost_bbox: float = 5.0,
     cost_giou: float = 2.0,
     backend: str = "optax",
+    image_mask: Array | None = None,
 ) -> dict[str, Array]:
     """DETR loss summed over decoder layers, each layer matched on its own.
 
@@ -118,6 +123,10 @@ def set_loss_with_aux(
       weight_ce, weight_bbox, weight_giou: the loss weights (1, 5, 2).
       cost_class, cost_bbox, cost_giou: the matching cost weights (1, 5, 2).
       backend: the matcher, 'optax' (device) or 'scipy' (host callback).
+      image_mask: optional `[B]` bool (or 0/1), False for filler images (the padding of a split's
+        last batch): their queries leave the CE and the cardinality error, so the loss equals
+        the loss of the real images alone. Filler images must have no objects (`tgt_mask`
+        False). None: every image is real.
     Returns:
       A dict of float32 scalars: 'loss' (the weighted sum over all layers, to minimise);
       'loss_ce', 'loss_bbox', 'loss_giou', 'cardinality_error' of the last layer; the same with
@@ -145,10 +154,16 @@ def set_loss_with_aux(
             np.asarray(tgt_boxes), np.asarray(tgt_labels), np.asarray(tgt_mask), k1 - 1, n
         )
     tgt_mask = jnp.asarray(tgt_mask).astype(bool)
+    batch = tgt_mask.shape[0]
+    if image_mask is None:
+        image_mask = jnp.ones((batch,), jnp.float32)
+    elif jnp.shape(image_mask) != (batch,):
+        raise ValueError(f"image_mask must be [B] = [{batch}], got {jnp.shape(image_mask)}")
+    image_mask = jnp.asarray(image_mask).astype(jnp.float32)
     num_boxes = jnp.maximum(jnp.sum(tgt_mask.astype(jnp.float32)), 1.0)
     per_layer = jax.vmap(
         lambda lg, bx: _layer_losses(
-            lg, bx, tgt_labels, tgt_boxes, tgt_mask, num_boxes,
+            lg, bx, tgt_labels, tgt_boxes, tgt_mask, num_boxes, image_mask,
             eos_coef=eos_coef, cost_class=cost_class, cost_bbox=cost_bbox,
             cost_giou=cost_giou, backend=backend,
         )

@@ -401,7 +401,8 @@ def predict_detections(task: Any, params: Any, split: str, max_images: int = 0,
                        desc: str = "detecting") -> list[dict[str, Any]]:
     """COCO predictions ({'image_id', 'category_id', 'bbox' px, 'score'}; every query of every
     image unless top_k) of a detection task on the images of `gt` (default
-    `task.coco_gt(split, max_images)`): `task.predict_fn()` (params, images) -> {'logits',
+    `task.coco_gt(split, max_images)`): `task.predict_fn()` (params, images, pixel_mask or
+    None) -> {'logits',
     'boxes'} runs on `task.detection_batches(split, max_images)`, whose rows are gt's images
     in order; all processes gather the outputs (`attn_jax.eval.coco.detections_to_coco`).
     `predict`: a jitted `task.predict_fn()` to reuse (default: jitted here)."""
@@ -416,7 +417,9 @@ def predict_detections(task: Any, params: Any, split: str, max_images: int = 0,
                                      process_count=jax.process_count())
     logits, boxes = [], []
     for batch in progress.track(batches, f"{desc} ({len(images)} images)"):
-        out = predict(params, shd.global_batch(mesh, {"image": batch["image"]})["image"])
+        inputs = shd.global_batch(mesh, {k: batch[k] for k in ("image", "pixel_mask")
+                                         if k in batch})
+        out = predict(params, inputs["image"], inputs.get("pixel_mask"))
         logits.append(np.asarray(multihost_utils.process_allgather(out["logits"], tiled=True)))
         boxes.append(np.asarray(multihost_utils.process_allgather(out["boxes"], tiled=True)))
     n = len(images)

@@ -3,6 +3,8 @@ r"""DETR: End-to-End Object Detection with Transformers (Carion et al. 2020, arX
     tokens = backbone.encode(images)                       [b, h'*w', c]  (any image encoder)
     src = input_proj(tokens)                               [b, h'*w', d]  (the paper's 1x1 conv)
     pos = detr_sine_positions(h', w', d)                   [h'*w', d]     (fixed, sec. 3.2)
+          (with a pixel_mask for padded images: the masked encoding, and padded cells
+           masked out of every attention's keys)
     memory = encoder(src)       every layer: q = k = x + pos, v = x        (sec. 3.2, fig. 10)
     x_0 = 0;  x_l = decoder_l(x_{l-1}, memory)
         self-attention  q = k = x + query_pos, v = x
@@ -41,7 +43,7 @@ import jax.numpy as jnp
 from flax import errors as flax_errors
 
 from attn_jax.layers import TransformerBlock, layer_norm
-from attn_jax.positional import detr_sine_positions
+from attn_jax.positional import detr_sine_positions, detr_sine_positions_masked
 
 Array = jax.Array
 
@@ -162,9 +164,24 @@ class DETR(nn.Module):
         boxes = jax.nn.sigmoid(box_layers[2](h).astype(jnp.float32))
         return {"logits": class_head(y), "boxes": boxes}
 
+    @nn.nowrap
+    def grid_mask(self, pixel_mask: Array) -> Array:
+        """The feature grid's mask `[b, h', w']` of a pixel mask `[b, H, W]` (True = a real
+        pixel): nearest-neighbour downsampling, cell (i, j) reading pixel (floor(i H / h'),
+        floor(j W / w')), as the official code's `F.interpolate(mask, size)`."""
+        gh, gw = self.grid_shape(pixel_mask.shape[1:3])
+        rows = (jnp.arange(gh) * pixel_mask.shape[1]) // gh
+        cols = (jnp.arange(gw) * pixel_mask.shape[2]) // gw
+        return pixel_mask.astype(bool)[:, rows][:, :, cols]
+
     @nn.compact
-    def _forward(self, images: Array, train: bool, cross_attention: bool):
+    def _forward(self, images: Array, pixel_mask: Array | None, train: bool,
+                 cross_attention: bool):
         self._check(images)
+        if pixel_mask is not None and tuple(pixel_mask.shape) != tuple(images.shape[:3]):
+            raise ValueError(f"DETR pixel_mask must be [batch, height, width] = "
+                             f"{tuple(images.shape[:3])} (True = a real pixel), got "
+                             f"{tuple(pixel_mask.shape)}")
         deterministic = not train
         backbone = self.backbone_module().clone(parent=self, name="backbone")
         try:
@@ -179,11 +196,20 @@ class DETR(nn.Module):
                              f"{gh}x{gw} grid (a ViT needs pool_type='gap': no class token)")
         dtype = self.dtype or tokens.dtype
         src = _dense(self, self.d_model, ("conv_out", "embed"), "input_proj")(tokens)
-        pos = detr_sine_positions(gh, gw, self.d_model, self.temperature, dtype=dtype)[None]
+        if pixel_mask is None:
+            key_mask = None
+            pos = detr_sine_positions(gh, gw, self.d_model, self.temperature, dtype=dtype)[None]
+        else:
+            # Padded cells are never attended to (encoder keys, decoder cross-attention keys),
+            # and the positions span each image's real extent (the official masked encoding).
+            cells = self.grid_mask(pixel_mask)                     # [b, h', w']
+            key_mask = cells.reshape(cells.shape[0], gh * gw)
+            pos = detr_sine_positions_masked(cells, self.d_model, self.temperature, dtype=dtype)
 
         x = src
         for i in range(self.num_encoder_layers):
-            x = self._block(f"encoder_layer{i}", False)(x, query_pos=pos,
+            self_mask = None if key_mask is None else key_mask[:, None, None, :]
+            x = self._block(f"encoder_layer{i}", False)(x, self_mask, query_pos=pos,
                                                         deterministic=deterministic)
         if self.norm == "pre":
             x = layer_norm(epsilon=1e-5, dtype=self.dtype, param_dtype=self.param_dtype,
@@ -207,14 +233,15 @@ class DETR(nn.Module):
         for i in range(self.num_decoder_layers):
             last = i == self.num_decoder_layers - 1
             out = self._block(f"decoder_layer{i}", True)(
-                y, memory=memory, query_pos=query_pos, memory_pos=pos,
+                y, memory=memory, memory_mask=key_mask, query_pos=query_pos, memory_pos=pos,
                 deterministic=deterministic, return_cross_attention=cross_attention and last)
             y, weights = out if (cross_attention and last) else (out, None)
             per_layer.append(self._heads(decoder_norm(y), class_head, box_layers))
         outputs = dict(per_layer[-1], aux=per_layer[:-1])
         return (outputs, weights) if cross_attention else outputs
 
-    def __call__(self, images: Array, *, train: bool = False) -> dict[str, Any]:
+    def __call__(self, images: Array, *, pixel_mask: Array | None = None,
+                 train: bool = False) -> dict[str, Any]:
         """images `[batch, height, width, channels]` ->
 
             {'logits': [batch, N, num_classes + 1] (the last class = no object),
@@ -222,13 +249,18 @@ class DETR(nn.Module):
              'aux':    [{'logits', 'boxes'} of decoder layers 0 .. L-2] (a list, first layer
                        first; empty with one decoder layer)}
 
+        `pixel_mask` `[batch, height, width]` bool (True = a real pixel; None = all real) is for
+        images padded to one shape (COCO's): the padded feature cells are masked out of the
+        encoder's and the cross-attention's keys, and the sine positions follow each image's
+        real extent (`detr_sine_positions_masked`). Padding must be at the bottom and right.
         `train` enables dropout (rng 'dropout') in the Transformer and is passed to the backbone.
         """
-        return self._forward(images, train, False)
+        return self._forward(images, pixel_mask, train, False)
 
-    def cross_attention_map(self, images: Array) -> tuple[dict[str, Any], Array]:
+    def cross_attention_map(self, images: Array, pixel_mask: Array | None = None
+                            ) -> tuple[dict[str, Any], Array]:
         """(`__call__`'s outputs, the last decoder layer's cross-attention weights
         `[batch, heads, N, h'*w']` float32): query n's attention over the feature grid cells
         (row-major; `grid_shape(images.shape[1:3])` gives (h', w')), each row summing to 1.
         The paper's fig. 6 pictures reshape it to `[..., h', w']`. Deterministic (no dropout)."""
-        return self._forward(images, False, True)
+        return self._forward(images, pixel_mask, False, True)

@@ -5,11 +5,13 @@
     (64x64 by default; IDX files in source_dir) or scikit-learn digits (32x32) with their boxes
     and classes (`attn_jax.data.datasets.scenes`: train_size / validation_size / test_size scenes
     from seed, canvas_size). Targets are padded to max_objects slots (0 = max_items).
-  * 'coco' (tfds coco/2017): not readable by this task yet; choosing it raises a ValueError
-    that says what is missing.
+  * 'coco' (tfds coco/2017, prepared as ArrayRecord in data_dir; `attn_jax.data.datasets.coco`):
+    80 classes, images resized to a longer side of canvas_size (0 = 800) and padded to a
+    square canvas with a 'pixel_mask' that the model takes; targets padded to max_objects
+    (0 = 100) slots; splits 'train' and 'validation'.
 
-Batches: {'image' [b, H, W, 1], 'boxes' [b, m, 4] normalised cxcywh, 'labels' [b, m] in
-[0, num_classes), 'box_mask' bool [b, m], 'mask' [b]}. Every batch is checked on the host
+Batches: {'image' [b, H, W, 1 or 3], 'boxes' [b, m, 4] normalised cxcywh, 'labels' [b, m] in
+[0, num_classes), 'box_mask' bool [b, m], 'mask' [b]} (+ 'pixel_mask' [b, H, W] for COCO). Every batch is checked on the host
 (`attn_jax.detection.validate_targets`: boxes inside the image with sizes >= 0, class ids in
 range, m <= num_queries) when it is built, before it reaches a compiled step.
 
@@ -32,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from attn_jax.data import batcher
-from attn_jax.data.datasets import scenes
+from attn_jax.data.datasets import coco, scenes
 from attn_jax.detection import set_loss_with_aux, validate_targets
 from attn_jax.tasks.base import Task
 from attn_jax.train.config import parse_section
@@ -45,15 +47,15 @@ DATASETS = (*SCENE_SOURCES, "coco")
 class DataConfig:
     """config.data of the detection task."""
 
-    dataset: str = "scenes"              # 'scenes' | 'scenes_digits' | 'coco' (not readable yet)
-    train_size: int = 50_000             # scenes per split
+    dataset: str = "scenes"              # 'scenes' | 'scenes_digits' | 'coco'
+    train_size: int = 50_000             # scenes per split (COCO: its own sizes)
     validation_size: int = 1000
     test_size: int = 1000
     seed: int = 0
-    canvas_size: int = 0                 # 0 = the source's default (64 Fashion-MNIST, 32 digits)
+    canvas_size: int = 0                 # 0 = the default (64 Fashion-MNIST, 32 digits, 800 COCO)
     min_items: int = 1
     max_items: int = 4
-    max_objects: int = 0                 # target slots per image; 0 = max_items
+    max_objects: int = 0                 # target slots per image; 0 = max_items (COCO: 100)
     source_dir: str = ""                 # Fashion-MNIST IDX files; "" = the default place
     data_dir: str = ""                   # tfds data dir (coco)
     eval_splits: tuple[str, ...] = ("validation",)
@@ -79,19 +81,13 @@ class DetectionTask(Task):
         self.data_cfg = cfg = parse_section(DataConfig, config.data, "config.data")
         if cfg.dataset not in DATASETS:
             raise ValueError(f"config.data.dataset={cfg.dataset!r}: choose one of {DATASETS}")
-        if cfg.dataset == "coco":
-            raise ValueError(
-                "config.data.dataset='coco': the detection task cannot read COCO yet. Missing: a "
-                "reader of tfds 'coco/2017' (objects/bbox, objects/label, image resizing and "
-                "padding to a fixed shape with a pixel mask, padding objects to max_objects) "
-                "and the COCO ground-truth dict of a split for the coco_map evaluator; use "
-                "dataset='scenes' or 'scenes_digits' until they exist")
         self.check_data_dirs(cfg)
-        self._scenes: dict[str, scenes.Scenes] = {}
-        train = self.scenes("train")
+        self.is_coco = cfg.dataset == "coco"
+        self.max_objects = int(cfg.max_objects) or (100 if self.is_coco else int(cfg.max_items))
+        self._sources: dict[str, Any] = {}
+        train = self.source("train")
         self.num_classes = train.num_classes
         self.image_shape = train.image_shape
-        self.max_objects = int(cfg.max_objects) or int(cfg.max_items)
         self.dtype = jnp.dtype(config.get("dtype", "float32"))
         self.model = self.build_registered_model(num_classes=self.num_classes, dtype=self.dtype)
 
@@ -99,7 +95,7 @@ class DetectionTask(Task):
     def validate(self) -> None:
         cfg = self.data_cfg
         self.check_splits(tuple(cfg.eval_splits), "config.data.eval_splits")
-        if self.max_objects < cfg.max_items:
+        if not self.is_coco and self.max_objects < cfg.max_items:
             raise ValueError(f"config.data.max_objects={cfg.max_objects} is below max_items="
                              f"{cfg.max_items}: a scene could not be padded to it")
         queries = int(self.model.num_queries)
@@ -118,35 +114,48 @@ class DetectionTask(Task):
         return batch
 
     # -- data ---------------------------------------------------------------------------------
-    def scenes(self, split: str) -> scenes.Scenes:
-        if split not in self._scenes:
+    def source(self, split: str) -> scenes.Scenes | coco.CocoDetection:
+        """The split's examples: `scenes.Scenes`, or `coco.CocoDetection` for 'coco'."""
+        if split not in self._sources:
             cfg = self.data_cfg
-            self._scenes[split] = scenes.Scenes(
+            if self.is_coco:
+                self._sources[split] = coco.CocoDetection(
+                    split, cfg.data_dir or None, image_size=int(cfg.canvas_size) or 800,
+                    max_objects=self.max_objects)
+                return self._sources[split]
+            self._sources[split] = scenes.Scenes(
                 split, source=SCENE_SOURCES[cfg.dataset],
                 num_examples=int(getattr(cfg, f"{split}_size")),
                 canvas_size=int(cfg.canvas_size) or None, min_items=int(cfg.min_items),
                 max_items=int(cfg.max_items), seed=int(cfg.seed),
                 source_dir=cfg.source_dir or None)
-        return self._scenes[split]
+        return self._sources[split]
 
     def splits(self) -> tuple[str, ...]:
-        return tuple(scenes.SPLITS)
+        return tuple(coco.SPLITS if self.is_coco else scenes.SPLITS)
 
     def eval_splits(self) -> tuple[str, ...]:
         return tuple(self.data_cfg.eval_splits)
 
     def train_size(self) -> int:
-        return len(self.scenes("train"))
+        return len(self.source("train"))
 
-    def _collate(self, split_scenes: scenes.Scenes, indices: Any) -> dict[str, np.ndarray]:
-        return self.check_batch(scenes.detection_batch(split_scenes, indices, self.max_objects))
+    def _collate(self, split_source: Any, indices: Any) -> dict[str, np.ndarray]:
+        if self.is_coco:
+            return self.check_batch(split_source.detection_batch(indices))
+        return self.check_batch(scenes.detection_batch(split_source, indices, self.max_objects))
+
+    def batch(self, split: str, indices: Any) -> dict[str, np.ndarray]:
+        """The host batch of the examples `indices` (a list, or a `batcher.IndexBatch`) of
+        `split`, checked (`check_batch`)."""
+        return self._collate(self.source(split), indices)
 
     def _dataset(self, split: str, train: bool, seed: int, process_index: int,
                  process_count: int, num_examples: int | None = None):
-        split_scenes = self.scenes(split)
-        n = len(split_scenes) if num_examples is None else min(num_examples, len(split_scenes))
+        split_source = self.source(split)
+        n = len(split_source) if num_examples is None else min(num_examples, len(split_source))
         return batcher.batched_dataset(
-            n, int(self.config.batch_size), functools.partial(self._collate, split_scenes),
+            n, int(self.config.batch_size), functools.partial(self._collate, split_source),
             train=train, seed=seed, order="epochs", process_index=process_index,
             process_count=process_count)
 
@@ -173,10 +182,11 @@ class DetectionTask(Task):
             logits, boxes, batch["labels"], batch["boxes"], box_mask, eos_coef=cfg.eos_coef,
             weight_ce=cfg.weight_ce, weight_bbox=cfg.weight_bbox, weight_giou=cfg.weight_giou,
             cost_class=cfg.cost_class, cost_bbox=cfg.cost_bbox, cost_giou=cfg.cost_giou,
-            backend=cfg.matcher)
+            backend=cfg.matcher, image_mask=batch["mask"])
 
     def loss(self, params, batch, rng, step):
-        outputs = self.model.apply({"params": params}, batch["image"], train=True,
+        outputs = self.model.apply({"params": params}, batch["image"],
+                                   pixel_mask=batch.get("pixel_mask"), train=True,
                                    rngs={"dropout": rng})
         out = self._losses(outputs, batch)
         loss = out.pop("loss")
@@ -186,10 +196,9 @@ class DetectionTask(Task):
         """The set loss and its final-layer components, times the real images of the batch
         (the loss is a per-box mean over the batch, so the evaluator's mean is per-image
         weighted); 'count' = real images. The filler images of a split's last padded batch
-        have no objects but still enter that batch's classification term as no-object
-        queries (`set_loss_with_aux` takes no image mask), so that batch's loss is slightly off
-        the real images' loss."""
-        outputs = self.model.apply({"params": params}, batch["image"], train=False)
+        are masked out of the loss (`image_mask`), so every batch's loss is its real images'."""
+        outputs = self.model.apply({"params": params}, batch["image"],
+                                   pixel_mask=batch.get("pixel_mask"), train=False)
         out = self._losses(outputs, batch)
         count = batch["mask"].astype(jnp.float32).sum()
         keys = ("loss", "loss_ce", "loss_bbox", "loss_giou", "cardinality_error")
@@ -201,14 +210,19 @@ class DetectionTask(Task):
     # -- predictions (the coco_map evaluator) -------------------------------------------------
     def coco_gt(self, split: str, max_images: int = 0) -> dict[str, Any]:
         """The COCO ground-truth dict of the first `max_images` (0 = all) images of `split`
-        (image id = scene index, category id = label + 1)."""
-        return scenes.coco_dict(self.scenes(split), max_images or None)
+        (scenes: image id = scene index, category id = label + 1; COCO: its own ids, in
+        original pixels)."""
+        if self.is_coco:
+            return self.source(split).coco_dict(max_images or None)
+        return scenes.coco_dict(self.source(split), max_images or None)
 
     def predict_fn(self):
-        """(params, images [b, H, W, 1]) -> {'logits' [b, N, C + 1], 'boxes' [b, N, 4]}: what
-        `attn_jax.eval.evaluators.predict_detections` jits and runs over `detection_batches`."""
-        def predict(params, images):
-            out = self.model.apply({"params": params}, images, train=False)
+        """(params, images [b, H, W, C], pixel_mask [b, H, W] or None) -> {'logits' [b, N,
+        C + 1], 'boxes' [b, N, 4]}: what `attn_jax.eval.evaluators.predict_detections` jits
+        and runs over `detection_batches`."""
+        def predict(params, images, pixel_mask=None):
+            out = self.model.apply({"params": params}, images, pixel_mask=pixel_mask,
+                                   train=False)
             return {"logits": out["logits"], "boxes": out["boxes"]}
 
         return predict
@@ -222,4 +236,4 @@ class DetectionTask(Task):
 
     @property
     def class_names(self) -> Sequence[str]:
-        return self.scenes("train").class_names
+        return self.source("train").class_names

@@ -97,19 +97,30 @@ def draw_detections(task: Any, params: Any, split: str, indices: Sequence[int], 
                     threshold: float = 0.5) -> list[str]:
     """Pictures (`plot_detections`) of the scenes `indices` of `split` under the detection
     task's DETR with `params`; returns the PNG paths."""
-    from attn_jax.data.datasets import scenes
-
-    split_scenes = task.scenes(split)
-    batch = scenes.detection_batch(split_scenes, list(indices), task.max_objects)
-    outputs, weights = jax.jit(lambda p, x: task.model.apply(
-        {"params": p}, x, method="cross_attention_map"))(params, jnp.asarray(batch["image"]))
+    batch = task.batch(split, list(indices))
+    pixel_mask = batch.get("pixel_mask")
+    outputs, weights = jax.jit(lambda p, x, m: task.model.apply(
+        {"params": p}, x, m, method="cross_attention_map"))(
+            params, jnp.asarray(batch["image"]), None if pixel_mask is None else
+            jnp.asarray(pixel_mask))
     grid = task.model.grid_shape(task.image_shape)
     paths = []
     for row, index in enumerate(indices):
         path = os.path.join(out, f"{split}_{int(index):06d}.png")
         gt = batch["boxes"][row][batch["box_mask"][row]]
-        plot_detections(batch["image"][row], np.asarray(outputs["logits"][row]),
-                        np.asarray(outputs["boxes"][row]), np.asarray(weights[row]), grid,
+        image, attention, image_grid = batch["image"][row], np.asarray(weights[row]), grid
+        if pixel_mask is not None:
+            # A padded image (COCO): boxes are relative to its real part, so draw only that,
+            # with the attention over the real feature cells.
+            h, w = int(pixel_mask[row].any(1).sum()), int(pixel_mask[row].any(0).sum())
+            cells = np.asarray(task.model.grid_mask(jnp.asarray(pixel_mask[row:row + 1])))[0]
+            gh, gw = int(cells.any(1).sum()), int(cells.any(0).sum())
+            image = image[:h, :w]
+            attention = attention.reshape(*attention.shape[:2], *grid)[..., :gh, :gw]
+            attention = attention.reshape(*attention.shape[:2], gh * gw)
+            image_grid = (gh, gw)
+        plot_detections(image, np.asarray(outputs["logits"][row]),
+                        np.asarray(outputs["boxes"][row]), attention, image_grid,
                         task.class_names, path, threshold=threshold, gt_boxes=gt,
                         title=f"{split} {int(index)}")
         paths.append(path)
@@ -130,10 +141,10 @@ def detection_pictures(workdir: str, split: str = "test", num_images: int = 4,
         raise ValueError(f"{workdir} holds a {config.task!r} run; detection pictures need a "
                          "'detection' run")
     task = get_task("detection")(config)
-    n = min(int(num_images), len(task.scenes(split)))
+    n = min(int(num_images), len(task.source(split)))
     if n < 1:
         raise ValueError(f"num_images={num_images}: the {split} split has "
-                         f"{len(task.scenes(split))} scenes; ask for at least one")
+                         f"{len(task.source(split))} images; ask for at least one")
     params = jax.tree.map(jnp.asarray, params)
     return draw_detections(task, params, split, range(n), out or os.path.join(workdir,
                                                                               "detections"),

@@ -1,0 +1,238 @@
+"""COCO 2017 object detection (Lin et al. 2014) from tfds `coco/2017`, for DETR.
+
+    coco = CocoDetection('validation', data_dir, image_size=800, max_objects=100)
+    batch = coco.detection_batch([0, 1, 2])      # images padded to 800x800 with a pixel mask
+    gt = coco.coco_dict(max_images=500)          # the COCO ground truth of the first 500 images
+
+The dataset is read as ArrayRecord (no TensorFlow at run time), prepared once where TensorFlow
+and the network are: `tfds build coco/2017 --file_format=array_record --data_dir=DIR`. It is
+opened from its files (`tfds.builder_from_directory` on `DIR/coco/2017/<newest version>`), so
+reading needs neither TensorFlow nor tfds' coco builder code.
+
+Each image is resized (bilinear, PIL) so that its longer side is `image_size`, keeping its
+aspect ratio, placed at the top left of an `image_size x image_size` canvas, and the rest padded
+with zeros; `pixel_mask` marks the real pixels (DETR masks the padded feature cells out of its
+attention, `attn_jax.models.detr`). Target boxes are normalised cxcywh relative to the real
+(unpadded) image, as the official DETR's, so a prediction times the original (height, width)
+is a box in the original pixels: the COCO ground truth (`coco_dict`) stays in original pixels
+with COCO's own areas, and AP small / medium / large keep their meaning.
+
+Training targets follow the official DETR's `ConvertCocoPolysToMask`: crowd annotations and
+boxes that are empty after clipping to the image are dropped. Labels are tfds' contiguous
+0..79; `COCO_CATEGORY_IDS[label]` is the COCO category id. No augmentation is applied (the
+paper's random resize, crop and flip are not built yet).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from attn_jax.data import batcher
+
+NAME = "coco/2017"
+SPLITS = ("train", "validation")   # tfds coco/2017's 'test' split has no annotations
+
+# COCO's 80 category ids in tfds' label order (sorted ids; 91 ids with 11 unused).
+COCO_CATEGORY_IDS = (
+    1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 13, 14, 15, 16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 27,
+    28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53,
+    54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80,
+    81, 82, 84, 85, 86, 87, 88, 89, 90)
+
+
+class CocoNotPreparedError(FileNotFoundError):
+    """tfds coco/2017 is not in data_dir as ArrayRecord."""
+
+
+def _version_key(name: str) -> tuple[int, ...]:
+    return tuple(int(p) for p in name.split("."))
+
+
+def dataset_dir(data_dir: str | os.PathLike | None) -> str:
+    """`data_dir/coco/2017/<newest version>` (data_dir None: $TFDS_DATA_DIR, else
+    ~/tensorflow_datasets): the prepared dataset's directory. Raises
+    CocoNotPreparedError naming the place looked in and the command that prepares it."""
+    root = os.path.expanduser(str(data_dir or os.environ.get("TFDS_DATA_DIR")
+                                  or os.path.join("~", "tensorflow_datasets")))
+    base = os.path.join(root, *NAME.split("/"))
+    versions = []
+    if os.path.isdir(base):
+        for entry in os.listdir(base):
+            try:
+                key = _version_key(entry)
+            except ValueError:
+                continue
+            if os.path.exists(os.path.join(base, entry, "dataset_info.json")):
+                versions.append((key, entry))
+    if not versions:
+        raise CocoNotPreparedError(
+            f"tfds {NAME} is not prepared in {root} (no {base}/<version>/dataset_info.json). "
+            f"Prepare it once where TensorFlow and the network are: `tfds build {NAME} "
+            f"--file_format=array_record --data_dir={root}`, then pass "
+            f"config.data.data_dir={root}")
+    return os.path.join(base, max(versions)[1])
+
+
+def open_split(split: str, data_dir: str | os.PathLike | None) -> tuple[Sequence[Any], Any]:
+    """(random-access records of `split`, the DatasetInfo) of the prepared coco/2017."""
+    import tensorflow_datasets as tfds
+
+    if split not in SPLITS:
+        raise ValueError(f"{NAME} has annotated splits {SPLITS}, got {split!r}")
+    builder = tfds.builder_from_directory(dataset_dir(data_dir))
+    if split not in builder.info.splits:
+        raise CocoNotPreparedError(f"{builder.data_dir} holds splits "
+                                   f"{list(builder.info.splits)}, not {split!r}")
+    if builder.info.file_format.value != "array_record":
+        raise CocoNotPreparedError(
+            f"{builder.data_dir} is stored as {builder.info.file_format.value}; random access "
+            f"needs ArrayRecord: rebuild with `tfds build {NAME} --file_format=array_record`")
+    return builder.as_data_source(split), builder.info
+
+
+def _column(objects: dict[str, Any], key: str, dtype: Any, shape: tuple[int, ...] = ()
+            ) -> np.ndarray:
+    values = objects.get(key, [])
+    return np.asarray(values, dtype).reshape((-1, *shape))
+
+
+def _text(x: Any) -> str:
+    return x.decode("utf-8") if isinstance(x, bytes) else str(x)
+
+
+class CocoDetection:
+    """One split of COCO 2017 for detection (the module docstring). Indexable like
+    `attn_jax.data.datasets.scenes.Scenes` for the detection task."""
+
+    def __init__(self, split: str, data_dir: str | os.PathLike | None, *, image_size: int = 800,
+                 max_objects: int = 100, num_examples: int | None = None,
+                 source: Sequence[Any] | None = None, info: Any = None):
+        if image_size < 32:
+            raise ValueError(f"COCO image_size={image_size} must be >= 32 (the longer side of "
+                             "the resized image and the canvas side)")
+        self.split = split
+        self.image_size = int(image_size)
+        self.max_objects = int(max_objects)
+        if source is None:
+            source, info = open_split(split, data_dir)
+        self._source = source
+        names = list(info.features["objects"]["label"].names) if info is not None else []
+        self.class_names = tuple(names) if len(names) == len(COCO_CATEGORY_IDS) else tuple(
+            str(c) for c in COCO_CATEGORY_IDS)
+        n = len(source)
+        self._len = n if num_examples is None else min(int(num_examples), n)
+
+    num_classes = len(COCO_CATEGORY_IDS)
+
+    def __len__(self) -> int:
+        return self._len
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return (self.image_size, self.image_size, 3)
+
+    def record(self, index: int) -> dict[str, Any]:
+        if not 0 <= index < self._len:
+            raise IndexError(f"COCO {self.split} index {index} out of range [0, {self._len})")
+        return self._source[index]
+
+    # -- one image --------------------------------------------------------------------------
+    def resized(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(canvas float32 [S, S, 3] in [0, 1], pixel_mask bool [S, S]) of a uint8 image."""
+        from PIL import Image
+
+        image = np.asarray(image)
+        if image.ndim == 3 and image.shape[-1] == 1:
+            image = image[..., 0]
+        if image.ndim == 2:  # a greyscale JPEG
+            image = np.repeat(image[..., None], 3, axis=-1)
+        if image.ndim != 3 or image.shape[-1] != 3:
+            raise ValueError(f"COCO image of shape {image.shape}: expected [H, W, 3]")
+        h, w = image.shape[:2]
+        scale = self.image_size / max(h, w)
+        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        small = np.asarray(Image.fromarray(image.astype(np.uint8)).resize(
+            (nw, nh), Image.BILINEAR), np.float32) / 255.0
+        canvas = np.zeros(self.image_shape, np.float32)
+        canvas[:nh, :nw] = small
+        mask = np.zeros(self.image_shape[:2], bool)
+        mask[:nh, :nw] = True
+        return canvas, mask
+
+    def targets(self, record: dict[str, Any]) -> tuple[np.ndarray, np.ndarray]:
+        """(boxes float32 [n, 4] cxcywh normalised to the image, labels int32 [n]) of the
+        training targets: crowd and (after clipping) empty boxes dropped."""
+        objects = record["objects"]
+        bbox = np.clip(_column(objects, "bbox", np.float32, (4,)), 0.0, 1.0)  # ymin xmin ymax xmax
+        labels = _column(objects, "label", np.int64)
+        crowd = _column(objects, "is_crowd", bool)
+        keep = ~crowd & (bbox[:, 2] > bbox[:, 0]) & (bbox[:, 3] > bbox[:, 1])
+        y0, x0, y1, x1 = bbox[keep].T
+        boxes = np.stack([(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0], -1)
+        return boxes.astype(np.float32).reshape(-1, 4), labels[keep].astype(np.int32)
+
+    # -- batches ----------------------------------------------------------------------------
+    def detection_batch(self, indices: Any) -> batcher.Batch:
+        """{'image' [b, S, S, 3], 'pixel_mask' bool [b, S, S], 'boxes' [b, m, 4], 'labels'
+        [b, m], 'box_mask' bool [b, m]} with m = max_objects; `indices` a list of ints or a
+        `batcher.IndexBatch` (filler rows: empty canvases, no objects, an all-False mask).
+        An image with more objects than max_objects raises a ValueError naming it."""
+        if isinstance(indices, batcher.IndexBatch):
+            real, size = indices.real(), len(indices.indices)
+        else:
+            real = [int(i) for i in indices]
+            size = len(real)
+        images = np.zeros((size, *self.image_shape), np.float32)
+        masks = np.zeros((size, *self.image_shape[:2]), bool)
+        boxes = [np.zeros((0, 4), np.float32)] * size
+        labels = [np.zeros((0,), np.int32)] * size
+        for row, index in enumerate(real):
+            record = self.record(index)
+            images[row], masks[row] = self.resized(record["image"])
+            boxes[row], labels[row] = self.targets(record)
+            if len(boxes[row]) > self.max_objects:
+                raise ValueError(
+                    f"COCO {self.split} image {index} (id {int(record['image/id'])}) has "
+                    f"{len(boxes[row])} objects, more than max_objects={self.max_objects}: "
+                    "raise config.data.max_objects (and num_queries with it)")
+        boxes, box_mask = batcher.pad_to_count(boxes, self.max_objects, dtype=np.float32,
+                                               what="boxes")
+        labels, _ = batcher.pad_to_count(labels, self.max_objects, dtype=np.int32,
+                                         what="labels")
+        return {"image": images, "pixel_mask": masks, "boxes": boxes, "labels": labels,
+                "box_mask": box_mask > 0}
+
+    # -- the ground truth -------------------------------------------------------------------
+    def coco_dict(self, max_images: int | None = None) -> dict[str, Any]:
+        """The first max_images (default all) images as a COCO detection dict in original
+        pixels: image ids and annotation ids, areas and crowd flags are COCO's own (tfds keeps
+        them), categories COCO's ids."""
+        n = len(self) if max_images is None else min(int(max_images), len(self))
+        images, annotations = [], []
+        for i in range(n):
+            record = self.record(i)
+            h, w = np.asarray(record["image"]).shape[:2]
+            image_id = int(record["image/id"])
+            images.append({"id": image_id, "file_name": _text(record["image/filename"]),
+                           "height": int(h), "width": int(w)})
+            objects = record["objects"]
+            bbox = _column(objects, "bbox", np.float64, (4,))
+            ids = _column(objects, "id", np.int64)
+            for k, (label, area, crowd) in enumerate(zip(
+                    _column(objects, "label", np.int64), _column(objects, "area", np.int64),
+                    _column(objects, "is_crowd", bool))):
+                y0, x0, y1, x1 = bbox[k]
+                annotations.append({
+                    "id": int(ids[k]) if len(ids) > k else len(annotations) + 1,
+                    "image_id": image_id, "category_id": COCO_CATEGORY_IDS[int(label)],
+                    "bbox": [x0 * w, y0 * h, (x1 - x0) * w, (y1 - y0) * h],
+                    "area": float(area), "iscrowd": int(crowd)})
+        return {"info": {"description": f"COCO 2017 {self.split} (tfds {NAME})",
+                         "version": "1.0"},
+                "images": images, "annotations": annotations,
+                "categories": [{"id": c, "name": name, "supercategory": ""}
+                               for c, name in zip(COCO_CATEGORY_IDS, self.class_names)]}

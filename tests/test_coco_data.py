@@ -1,0 +1,156 @@
+"""COCO 2017 for DETR (attn_jax.data.datasets.coco, the detection task's 'coco' dataset) on a
+small stand-in written with tfds' own coco/2017 features (tests/fake_coco.py): resizing and
+padding with a pixel mask, targets as the official DETR's (crowd and empty boxes dropped, cxcywh
+relative to the real image), the ground truth in original pixels with COCO's ids, perfect
+predictions scoring AP 1.0 through pycocotools (the reference), and the errors."""
+
+from __future__ import annotations
+
+import jax
+import numpy as np
+import pytest
+
+import fake_coco
+from attn_jax.data.datasets import coco
+from attn_jax.eval import coco as coco_eval
+from attn_jax.eval.evaluators import predict_detections
+from attn_jax.tasks import get_task
+from tiny_configs import set_keys, tiny_config
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tfds")
+    fake_coco.build(str(root))
+    return str(root)
+
+
+def _by_id(split):
+    return {image_id: (h, w, objects) for image_id, h, w, objects in fake_coco.IMAGES[split]}
+
+
+def _rows(ds):
+    """Image id of each index of the reader (ArrayRecord keeps its own order)."""
+    return [int(ds.record(i)["image/id"]) for i in range(len(ds))]
+
+
+def test_batches_resize_pad_and_keep_the_official_targets(data_dir):
+    ds = coco.CocoDetection("train", data_dir, image_size=96, max_objects=5)
+    assert len(ds) == 3 and ds.image_shape == (96, 96, 3) and ds.num_classes == 80
+    batch = ds.detection_batch(range(3))
+    assert batch["image"].shape == (3, 96, 96, 3) and batch["pixel_mask"].shape == (3, 96, 96)
+    truth = _by_id("train")
+    for row, image_id in enumerate(_rows(ds)):
+        h, w, objects = truth[image_id]
+        scale = 96 / max(h, w)
+        nh, nw = round(h * scale), round(w * scale)
+        mask = batch["pixel_mask"][row]
+        assert mask[:nh, :nw].all() and mask.sum() == nh * nw  # real part top-left, rest padding
+        assert np.abs(batch["image"][row][~mask]).max(initial=0.0) == 0.0
+        # the real part is the picture, resized (JPEG and bilinear resampling: loose tolerance)
+        from PIL import Image
+        want = np.asarray(Image.fromarray(fake_coco.image_pixels(image_id, h, w)).resize(
+            (nw, nh), Image.BILINEAR), np.float32) / 255
+        assert np.abs(batch["image"][row][:nh, :nw] - want).mean() < 0.03
+        # targets: crowd and zero-size boxes dropped; cxcywh from (ymin, xmin, ymax, xmax)
+        kept = [o for o in objects if not o[6] and o[3] > o[1] and o[4] > o[2]]
+        n = int(batch["box_mask"][row].sum())
+        assert n == len(kept)
+        for k, (label, y0, x0, y1, x1, _, _) in enumerate(kept):
+            assert batch["labels"][row, k] == label
+            np.testing.assert_allclose(batch["boxes"][row, k],
+                                       [(x0 + x1) / 2, (y0 + y1) / 2, x1 - x0, y1 - y0],
+                                       atol=1e-6)
+
+
+def test_greyscale_images_become_three_channels(data_dir):
+    ds = coco.CocoDetection("validation", data_dir, image_size=40)
+    canvas, mask = ds.resized(np.full((20, 10), 128, np.uint8))
+    assert canvas.shape == (40, 40, 3) and mask.sum() == 40 * 20
+    np.testing.assert_allclose(canvas[:40, :20], 128 / 255, atol=1e-6)
+
+
+def test_ground_truth_is_in_original_pixels_with_coco_ids(data_dir):
+    ds = coco.CocoDetection("validation", data_dir, image_size=64)
+    gt = ds.coco_dict()
+    truth = _by_id("validation")
+    assert sorted(im["id"] for im in gt["images"]) == sorted(truth)
+    assert len(gt["categories"]) == 80 and gt["categories"][11]["id"] == 13
+    for image in gt["images"]:
+        h, w, objects = truth[image["id"]]
+        assert (image["height"], image["width"]) == (h, w)
+        anns = [a for a in gt["annotations"] if a["image_id"] == image["id"]]
+        assert len(anns) == len(objects)  # crowd regions stay in the ground truth, flagged
+        for ann, (label, y0, x0, y1, x1, area, crowd) in zip(anns, objects):
+            assert ann["category_id"] == coco.COCO_CATEGORY_IDS[label]
+            np.testing.assert_allclose(ann["bbox"], [x0 * w, y0 * h, (x1 - x0) * w,
+                                                     (y1 - y0) * h], rtol=1e-5)
+            assert ann["area"] == area and ann["iscrowd"] == int(crowd)
+    assert gt["categories"][10]["id"] == 11 and coco.COCO_CATEGORY_IDS[44] == 50
+
+
+def _coco_task(data_dir, **changes):
+    config = tiny_config("detr")
+    set_keys(config, {"data.dataset": "coco", "data.data_dir": data_dir, "data.canvas_size": 32,
+                      "data.max_objects": 4, "data.eval_splits": ("validation",),
+                      "batch_size": 2, **changes})
+    return get_task("detection")(config)
+
+
+def test_perfect_predictions_score_ap_one_through_the_task(data_dir):
+    """The task's whole evaluation path (its batches, predict_detections' scaling by each
+    image's original size, detections_to_coco, pycocotools) gives AP 1.0 when the 'model'
+    returns the batch's own targets: the boxes' frame (relative to the real image) and the
+    category ids are consistent end to end. Shifted boxes score lower."""
+    task = _coco_task(data_dir)
+    task.validate()
+    assert task.image_shape == (32, 32, 3) and task.num_classes == 80
+    batches = list(task.detection_batches("validation"))
+    queue = list(batches)
+
+    def oracle(shift):
+        def predict(params, images, pixel_mask=None):
+            assert pixel_mask is not None and pixel_mask.shape == images.shape[:3]
+            batch = queue.pop(0)
+            n = task.model.num_queries
+            logits = np.full((images.shape[0], n, 81), -20.0, np.float32)
+            boxes = np.full((images.shape[0], n, 4), 0.5, np.float32)
+            m = batch["boxes"].shape[1]
+            for b in range(images.shape[0]):
+                for k in np.flatnonzero(batch["box_mask"][b]):
+                    logits[b, k, batch["labels"][b, k]] = 20.0
+                    boxes[b, k] = batch["boxes"][b, k] + [shift, 0, 0, 0]
+            assert m <= n
+            return {"logits": logits, "boxes": boxes}
+        return predict
+
+    gt = task.coco_gt("validation")
+    perfect = predict_detections(task, None, "validation", gt=gt, predict=oracle(0.0))
+    assert coco_eval.coco_map(gt, perfect)["AP"] == pytest.approx(1.0)
+    queue[:] = batches
+    shifted = predict_detections(task, None, "validation", gt=gt, predict=oracle(0.08))
+    assert coco_eval.coco_map(gt, shifted)["AP"] < 0.9
+
+
+def test_a_coco_train_step_runs_with_the_pixel_mask(data_dir):
+    task = _coco_task(data_dir)
+    batch = next(task.train_iterator(seed=0, process_index=0, process_count=1))
+    assert batch["pixel_mask"].shape == (2, 32, 32)
+    params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
+    loss, aux = jax.jit(task.loss)(params, batch, jax.random.PRNGKey(1), 0)
+    assert np.isfinite(float(loss)) and float(aux["num_boxes"]) >= 1
+
+
+def test_errors_name_the_problem(data_dir, tmp_path):
+    with pytest.raises(coco.CocoNotPreparedError, match=r"tfds build coco/2017 "
+                                                        r"--file_format=array_record"):
+        coco.CocoDetection("train", str(tmp_path))
+    with pytest.raises(coco.CocoNotPreparedError, match="is not prepared"):
+        _coco_task(str(tmp_path))
+    with pytest.raises(ValueError, match="annotated splits"):
+        coco.CocoDetection("test", data_dir)
+    ds = coco.CocoDetection("train", data_dir, image_size=64, max_objects=1)
+    rows = _rows(ds)
+    with pytest.raises(ValueError, match=r"image \d \(id 9\) has 2 objects, more than "
+                                         r"max_objects=1"):
+        ds.detection_batch([rows.index(9)])
