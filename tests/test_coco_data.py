@@ -154,3 +154,31 @@ def test_errors_name_the_problem(data_dir, tmp_path):
     with pytest.raises(ValueError, match=r"image \d \(id 9\) has 2 objects, more than "
                                          r"max_objects=1"):
         ds.detection_batch([rows.index(9)])
+
+
+def test_detection_pictures_of_padded_images(data_dir, tmp_path, monkeypatch):
+    """attn_jax.viz.detections on COCO: only the real part of each padded image is drawn (its
+    boxes are relative to it), with the attention over the real feature cells."""
+    from PIL import Image
+
+    from attn_jax.viz import detections
+
+    task = _coco_task(data_dir)
+    params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
+    ds = task.source("validation")
+    row = _rows(ds).index(102)  # 60x30: the real part is the left half of the canvas
+    drawn = []
+    real_plot = detections.plot_detections
+
+    def spy(image, logits, boxes, attention, grid, *args, **kwargs):
+        drawn.append((image.shape, attention.shape, grid))
+        return real_plot(image, logits, boxes, attention, grid, *args, **kwargs)
+
+    monkeypatch.setattr(detections, "plot_detections", spy)
+    paths = detections.draw_detections(task, params, "validation", [row], str(tmp_path),
+                                       threshold=0.0)
+    assert Image.open(paths[0]).size[0] > 0
+    (image_shape, attention_shape, grid), = drawn
+    assert image_shape == (32, 16, 3)                # the 60x30 image at a longer side of 32
+    gh, gw = task.model.grid_shape((32, 32))
+    assert grid == (gh, gw // 2) and attention_shape[-1] == gh * (gw // 2)
