@@ -6,11 +6,12 @@
 Data: tfds `coco/2017`, prepared once as ArrayRecord where TensorFlow and the network are
 (`tfds build coco/2017 --file_format=array_record --data_dir=DIR`); the run reads it without
 TensorFlow (`attn_jax.data.datasets.coco`). Each image is resized to a longer side of 800 px
-and padded to 800x800 with a pixel mask that the model's attention respects; targets follow the
-official code (crowd and empty boxes dropped), padded to 100 slots; 80 classes (tfds' labels,
-mapped back to COCO's category ids for the evaluation). The paper trains at a shorter side of
-800 (longer up to 1333) with random resize, crop and flip; none of that augmentation is built
-yet, so this is a smaller-image, unaugmented variant.
+(training: random in 480-800, `min_scale` 0.6, and flipped half the time) and padded to
+800x800 with a pixel mask that the model's attention respects; targets follow the official
+code (crowd and empty boxes dropped), padded to 100 slots; 80 classes (tfds' labels, mapped
+back to COCO's category ids for the evaluation). The paper trains at a shorter side of 480-800
+(longer up to 1333) with random crops as well, so this is a smaller-image variant without
+crops.
 
 Model, after the paper (sec. 4 and A.4): 6 + 6 post-norm layers, d_model 256, 8 heads, MLP
 2048, dropout 0.1, 100 object queries; AdamW 1e-4 (weight decay 1e-4), the backbone at 1e-5
@@ -33,7 +34,7 @@ def get_config(arg=None):
     config = base_config()
     config.task = "detection"
     config.data = dict(dataset="coco", data_dir="", canvas_size=800, max_objects=100,
-                       eval_splits=("validation",))
+                       min_scale=0.6, flip=True, eval_splits=("validation",))
     config.model = dict(name="detr", d_model=256, num_heads=8, num_encoder_layers=6,
                         num_decoder_layers=6, mlp_dim=2048, num_queries=100, norm="post",
                         dropout_rate=0.1, attention_dropout_rate=0.1,

@@ -182,3 +182,50 @@ def test_detection_pictures_of_padded_images(data_dir, tmp_path, monkeypatch):
     assert image_shape == (32, 16, 3)                # the 60x30 image at a longer side of 32
     gh, gw = task.model.grid_shape((32, 32))
     assert grid == (gh, gw // 2) and attention_shape[-1] == gh * (gw // 2)
+
+
+def test_training_augmentation_flips_and_scales_images_with_their_boxes(data_dir):
+    """Reference: the unaugmented batch. A flip mirrors the real part of the image and maps
+    each box's cx to 1 - cx (boxes are relative to the real image); a scale s makes the longer
+    side round(s * S)."""
+    ds = coco.CocoDetection("validation", data_dir, image_size=64, min_scale=0.5, flip=True)
+    rows = _rows(ds)
+    row = rows.index(101)  # 40x60
+    plain = ds.detection_batch([row])
+    flipped = ds.detection_batch([row], (np.array([1.0]), np.array([True])))
+    m = plain["pixel_mask"][0]
+    np.testing.assert_array_equal(flipped["pixel_mask"][0], m)
+    h, w = int(m.any(1).sum()), int(m.any(0).sum())
+    np.testing.assert_allclose(flipped["image"][0][:h, :w], plain["image"][0][:h, :w][:, ::-1])
+    k = plain["box_mask"][0]
+    want = plain["boxes"][0][k].copy()
+    want[:, 0] = 1 - want[:, 0]
+    np.testing.assert_allclose(flipped["boxes"][0][k], want, atol=1e-6)
+    half = ds.detection_batch([row], (np.array([0.5]), np.array([False])))
+    assert int(half["pixel_mask"][0].any(0).sum()) == 32  # the longer side (width) at 0.5 * 64
+    np.testing.assert_allclose(half["boxes"][0][k], plain["boxes"][0][k])  # relative: unchanged
+    scales, flips = ds.draw(np.random.default_rng(0), 1000)
+    assert 0.5 <= scales.min() and scales.max() <= 1.0 and 400 < flips.sum() < 600
+    assert not coco.CocoDetection("validation", data_dir).draw(
+        np.random.default_rng(0), 100)[1].any()  # flip=False never flips
+
+
+def test_augmented_training_batches_repeat_exactly_for_the_same_seed(data_dir):
+    """The augmentation is drawn per step from the batcher's seeded generator: a fresh
+    iterator (a resumed run) yields the same batches; the unaugmented config differs."""
+    task = _coco_task(data_dir, **{"data.min_scale": 0.5, "data.flip": True})
+    first = [next(it) for it in [task.train_iterator(seed=3, process_index=0,
+                                                     process_count=1)] for _ in range(4)]
+    again = [next(it) for it in [task.train_iterator(seed=3, process_index=0,
+                                                     process_count=1)] for _ in range(4)]
+    for a, b in zip(first, again):
+        for key in a:
+            np.testing.assert_array_equal(a[key], b[key])
+    plain = _coco_task(data_dir)
+    base = [next(it) for it in [plain.train_iterator(seed=3, process_index=0,
+                                                     process_count=1)] for _ in range(4)]
+    assert any(not np.array_equal(a["image"], b["image"]) for a, b in zip(first, base))
+    scenes_config = tiny_config("detr")
+    set_keys(scenes_config, {"data.flip": True})
+    with pytest.raises(ValueError, match="augment COCO only"):
+        get_task("detection")(scenes_config).validate()

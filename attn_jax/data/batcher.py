@@ -161,15 +161,21 @@ def host_batches(steps: grain.MapDataset, collate: Callable[..., Batch], rows: s
 
 def batched_dataset(num_examples: int, global_batch_size: int, collate: Callable[..., Batch], *,
                     train: bool, seed: int = 0, order: str = "epochs",
-                    process_index: int | None = None,
-                    process_count: int | None = None) -> grain.MapDataset:
+                    process_index: int | None = None, process_count: int | None = None,
+                    draw: Callable[[np.random.Generator, int], tuple[np.ndarray, ...]] | None
+                    = None) -> grain.MapDataset:
     """The whole batcher in one call: host_batches(index_batches(...), collate, host_rows(...)).
 
     Element s is this host's batch of step s, {**collate(IndexBatch [b_local]), 'mask' [b_local]}.
+    With `draw` (training only), collate also gets the step's random augmentation parameters
+    (`host_batches`), drawn from a seed derived from `seed` (the order's seed stays `seed`).
     """
     rows = host_rows(global_batch_size, process_index, process_count)
     steps = index_batches(num_examples, global_batch_size, train=train, seed=seed, order=order)
-    return host_batches(steps, collate, rows)
+    if draw is None or not train:
+        return host_batches(steps, collate, rows)
+    augment_seed = int(np.random.SeedSequence([seed, 0xA06]).generate_state(1)[0])
+    return host_batches(steps, collate, rows, draw=draw, seed=augment_seed)
 
 
 def _finish(batch: Batch, mask: np.ndarray) -> Batch:

@@ -56,6 +56,8 @@ class DataConfig:
     min_items: int = 1
     max_items: int = 4
     max_objects: int = 0                 # target slots per image; 0 = max_items (COCO: 100)
+    min_scale: float = 1.0               # COCO training: longer side random in [min_scale, 1] * S
+    flip: bool = False                   # COCO training: random horizontal flips
     source_dir: str = ""                 # Fashion-MNIST IDX files; "" = the default place
     data_dir: str = ""                   # tfds data dir (coco)
     eval_splits: tuple[str, ...] = ("validation",)
@@ -95,6 +97,10 @@ class DetectionTask(Task):
     def validate(self) -> None:
         cfg = self.data_cfg
         self.check_splits(tuple(cfg.eval_splits), "config.data.eval_splits")
+        if not self.is_coco and (cfg.flip or cfg.min_scale != 1.0):
+            raise ValueError(f"config.data.flip={cfg.flip} / min_scale={cfg.min_scale} augment "
+                             "COCO only; the scenes are not augmented (set flip=False, "
+                             "min_scale=1.0)")
         if not self.is_coco and self.max_objects < cfg.max_items:
             raise ValueError(f"config.data.max_objects={cfg.max_objects} is below max_items="
                              f"{cfg.max_items}: a scene could not be padded to it")
@@ -121,7 +127,8 @@ class DetectionTask(Task):
             if self.is_coco:
                 self._sources[split] = coco.CocoDetection(
                     split, cfg.data_dir or None, image_size=int(cfg.canvas_size) or 800,
-                    max_objects=self.max_objects)
+                    max_objects=self.max_objects, min_scale=float(cfg.min_scale),
+                    flip=bool(cfg.flip))
                 return self._sources[split]
             self._sources[split] = scenes.Scenes(
                 split, source=SCENE_SOURCES[cfg.dataset],
@@ -140,9 +147,10 @@ class DetectionTask(Task):
     def train_size(self) -> int:
         return len(self.source("train"))
 
-    def _collate(self, split_source: Any, indices: Any) -> dict[str, np.ndarray]:
+    def _collate(self, split_source: Any, indices: Any, drawn: Any = None
+                 ) -> dict[str, np.ndarray]:
         if self.is_coco:
-            return self.check_batch(split_source.detection_batch(indices))
+            return self.check_batch(split_source.detection_batch(indices, drawn))
         return self.check_batch(scenes.detection_batch(split_source, indices, self.max_objects))
 
     def batch(self, split: str, indices: Any) -> dict[str, np.ndarray]:
@@ -154,10 +162,11 @@ class DetectionTask(Task):
                  process_count: int, num_examples: int | None = None):
         split_source = self.source(split)
         n = len(split_source) if num_examples is None else min(num_examples, len(split_source))
+        draw = split_source.draw if self.is_coco and split_source.augments else None
         return batcher.batched_dataset(
             n, int(self.config.batch_size), functools.partial(self._collate, split_source),
             train=train, seed=seed, order="epochs", process_index=process_index,
-            process_count=process_count)
+            process_count=process_count, draw=draw)
 
     def train_iterator(self, *, seed, process_index, process_count):
         return batcher.batch_iterator(self._dataset("train", True, seed, process_index,

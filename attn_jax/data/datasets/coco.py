@@ -19,8 +19,13 @@ with COCO's own areas, and AP small / medium / large keep their meaning.
 
 Training targets follow the official DETR's `ConvertCocoPolysToMask`: crowd annotations and
 boxes that are empty after clipping to the image are dropped. Labels are tfds' contiguous
-0..79; `COCO_CATEGORY_IDS[label]` is the COCO category id. No augmentation is applied (the
-paper's random resize, crop and flip are not built yet).
+0..79; `COCO_CATEGORY_IDS[label]` is the COCO category id.
+
+Training augmentation (`draw` + `detection_batch(indices, drawn)`, drawn per step by the
+batcher, so a resumed run sees the same images): with `flip`, a horizontal flip with
+probability 1/2; with min_scale < 1, a random scale, the longer side uniform in [min_scale * image_size, image_size] (the paper's
+multi-scale training in spirit: it resizes the shorter side to 480-800 and also crops; no crop
+here).
 """
 
 from __future__ import annotations
@@ -110,10 +115,15 @@ class CocoDetection:
 
     def __init__(self, split: str, data_dir: str | os.PathLike | None, *, image_size: int = 800,
                  max_objects: int = 100, num_examples: int | None = None,
+                 min_scale: float = 1.0, flip: bool = False,
                  source: Sequence[Any] | None = None, info: Any = None):
         if image_size < 32:
             raise ValueError(f"COCO image_size={image_size} must be >= 32 (the longer side of "
                              "the resized image and the canvas side)")
+        if not 0.0 < min_scale <= 1.0:
+            raise ValueError(f"COCO min_scale={min_scale} must be in (0, 1]: the smallest "
+                             "training size as a fraction of image_size")
+        self.min_scale, self.flip = float(min_scale), bool(flip)
         self.split = split
         self.image_size = int(image_size)
         self.max_objects = int(max_objects)
@@ -141,8 +151,10 @@ class CocoDetection:
         return self._source[index]
 
     # -- one image --------------------------------------------------------------------------
-    def resized(self, image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(canvas float32 [S, S, 3] in [0, 1], pixel_mask bool [S, S]) of a uint8 image."""
+    def resized(self, image: np.ndarray, scale: float = 1.0, flip: bool = False
+                ) -> tuple[np.ndarray, np.ndarray]:
+        """(canvas float32 [S, S, 3] in [0, 1], pixel_mask bool [S, S]) of a uint8 image whose
+        longer side becomes scale * S, mirrored left-right when flip."""
         from PIL import Image
 
         image = np.asarray(image)
@@ -153,10 +165,12 @@ class CocoDetection:
         if image.ndim != 3 or image.shape[-1] != 3:
             raise ValueError(f"COCO image of shape {image.shape}: expected [H, W, 3]")
         h, w = image.shape[:2]
-        scale = self.image_size / max(h, w)
-        nh, nw = max(1, round(h * scale)), max(1, round(w * scale))
+        factor = min(self.image_size, round(scale * self.image_size)) / max(h, w)
+        nh, nw = max(1, round(h * factor)), max(1, round(w * factor))
         small = np.asarray(Image.fromarray(image.astype(np.uint8)).resize(
             (nw, nh), Image.BILINEAR), np.float32) / 255.0
+        if flip:
+            small = small[:, ::-1]
         canvas = np.zeros(self.image_shape, np.float32)
         canvas[:nh, :nw] = small
         mask = np.zeros(self.image_shape[:2], bool)
@@ -176,10 +190,22 @@ class CocoDetection:
         return boxes.astype(np.float32).reshape(-1, 4), labels[keep].astype(np.int32)
 
     # -- batches ----------------------------------------------------------------------------
-    def detection_batch(self, indices: Any) -> batcher.Batch:
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+        """The training augmentation of n images: (scale float64 [n] in [min_scale, 1], flip
+        bool [n], all False unless `flip`), for `detection_batch(indices, drawn)`
+        (`batcher.host_batches` calls it once per step)."""
+        return rng.uniform(self.min_scale, 1.0, n), (rng.random(n) < 0.5) & self.flip
+
+    @property
+    def augments(self) -> bool:
+        return self.min_scale < 1.0 or self.flip
+
+    def detection_batch(self, indices: Any, drawn: tuple[np.ndarray, np.ndarray] | None = None
+                        ) -> batcher.Batch:
         """{'image' [b, S, S, 3], 'pixel_mask' bool [b, S, S], 'boxes' [b, m, 4], 'labels'
         [b, m], 'box_mask' bool [b, m]} with m = max_objects; `indices` a list of ints or a
-        `batcher.IndexBatch` (filler rows: empty canvases, no objects, an all-False mask).
+        `batcher.IndexBatch` (filler rows: empty canvases, no objects, an all-False mask);
+        `drawn` (from `draw`, one row per index) scales and flips the images and their boxes.
         An image with more objects than max_objects raises a ValueError naming it."""
         if isinstance(indices, batcher.IndexBatch):
             real, size = indices.real(), len(indices.indices)
@@ -192,8 +218,11 @@ class CocoDetection:
         labels = [np.zeros((0,), np.int32)] * size
         for row, index in enumerate(real):
             record = self.record(index)
-            images[row], masks[row] = self.resized(record["image"])
+            scale, flip = (1.0, False) if drawn is None else (drawn[0][row], bool(drawn[1][row]))
+            images[row], masks[row] = self.resized(record["image"], scale, flip)
             boxes[row], labels[row] = self.targets(record)
+            if flip:  # boxes are relative to the real image: cx -> 1 - cx
+                boxes[row] = boxes[row] * [-1, 1, 1, 1] + [1, 0, 0, 0]
             if len(boxes[row]) > self.max_objects:
                 raise ValueError(
                     f"COCO {self.split} image {index} (id {int(record['image/id'])}) has "
