@@ -189,25 +189,11 @@ def detr_sine_positions(
     comes first and the coordinates are normalised, so the encoding does not depend on the
     grid's size.
     """
-    if dim % 4 != 0 or dim < 4:
-        raise ValueError(f"detr_sine_positions needs dim divisible by 4, got dim={dim}")
     if height < 1 or width < 1:
         raise ValueError(f"detr_sine_positions needs a non-empty grid, got {height}x{width}")
-    feats = dim // 2
-    k = jnp.arange(feats)
-    dim_t = temperature ** (2.0 * (k // 2).astype(jnp.float32) / feats)  # [F]
-
-    def axis(n: int) -> Array:
-        coord = jnp.arange(1, n + 1, dtype=jnp.float32)
-        if normalize:
-            coord = coord / (n + 1e-6) * scale
-        angle = coord[:, None] / dim_t                                   # [n, F]
-        return jnp.where(k % 2 == 0, jnp.sin(angle), jnp.cos(angle))
-
-    pos_y, pos_x = axis(height), axis(width)
-    pe = jnp.concatenate([jnp.broadcast_to(pos_y[:, None], (height, width, feats)),
-                          jnp.broadcast_to(pos_x[None, :], (height, width, feats))], axis=-1)
-    return pe.reshape(height * width, dim).astype(dtype)
+    # An unpadded grid is the masked encoding of an all-True mask (cumulative counts 1..n).
+    return detr_sine_positions_masked(jnp.ones((1, height, width), bool), dim, temperature,
+                                      normalize, scale, dtype)[0]
 
 
 def detr_sine_positions_masked(
@@ -224,7 +210,7 @@ def detr_sine_positions_masked(
     The official `PositionEmbeddingSine` with its mask: the coordinates are the cumulative
     counts of real cells along each axis (y = cumsum over rows, x = cumsum over columns), and
     normalize divides by the last count, so each image's real extent spans (0, scale] whatever
-    its padding. With an all-True mask this is `detr_sine_positions`.
+    its padding. `detr_sine_positions` is this with an all-True mask.
     """
     if dim % 4 != 0 or dim < 4:
         raise ValueError(f"detr_sine_positions needs dim divisible by 4, got dim={dim}")
