@@ -328,12 +328,12 @@ def test_filler_images_leave_the_loss_through_the_image_mask():
     real = slice(0, 2)
     want = np_detr_loss(logits[real], boxes[real], labels[real], tboxes[real], mask[real])
     image_mask = np.array([True, True, False, False])
-    got = det.set_loss(logits, boxes, labels, tboxes, mask, image_mask=image_mask)
+    got = set_loss_jit(logits, boxes, labels, tboxes, mask, image_mask=image_mask)
     assert_loss_close(got, want)
-    alone = det.set_loss(*(x[real] for x in (logits, boxes, labels, tboxes, mask)))
+    alone = set_loss_jit(*(x[real] for x in (logits, boxes, labels, tboxes, mask)))
     np.testing.assert_allclose(float(got["cardinality_error"]),
                                float(alone["cardinality_error"]), rtol=1e-6)
-    unmasked = det.set_loss(logits, boxes, labels, tboxes, mask)
+    unmasked = set_loss_jit(logits, boxes, labels, tboxes, mask)
     assert abs(float(unmasked["loss_ce"]) - want["loss_ce"]) > 1e-3  # the fillers did count
     with pytest.raises(ValueError, match=r"image_mask must be \[B\]"):
         det.set_loss(logits, boxes, labels, tboxes, mask, image_mask=image_mask[:3])
