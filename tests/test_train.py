@@ -308,8 +308,9 @@ def test_training_features_and_determinism(data_dir, tmp_path):
 
 
 def test_small_cpu_inits_compile_unoptimised_and_draw_the_same_bits(data_dir, tmp_path):
-    """The initial state compiled at -O0 (what a small model on a CPU gets) equals, bit for bit,
-    the state from XLA's default (optimised) compilation of the same program, the reference.
+    """The initial state compiled at -O0 (what a small model on a CPU gets) equals the state from
+    XLA's default optimised (-O3) compilation of the same program, the reference, to float
+    rounding (integer leaves bit for bit).
     Large models and other platforms keep the default."""
     import flax.linen as nn
 
@@ -323,8 +324,14 @@ def test_small_cpu_inits_compile_unoptimised_and_draw_the_same_bits(data_dir, tm
     assert init_compiler_options(plan.mesh, SMALL_INIT_PARAMS) == {}
     lowered = jax.jit(lambda: nn.unbox(plan.init_state(jax.random.PRNGKey(3))),
                       out_shardings=plan.state_sh).lower()
-    fast, optimised = (jax.device_get(lowered.compile(o)()) for o in (options, {}))
+    # XLA's defaults spelled out: the test processes default to -O0 (tests/xla_env.py).
+    optimised = {"xla_backend_optimization_level": 3, "xla_llvm_disable_expensive_passes": False}
+    fast, optimised = (jax.device_get(lowered.compile(o)()) for o in (options, optimised))
     pairs = zip(jax.tree_util.tree_leaves_with_path(fast), jax.tree.leaves(optimised))
-    for (path, a), b in pairs:
-        np.testing.assert_array_equal(np.asarray(a), np.asarray(b), err_msg=jax.tree_util.keystr(path))
+    for (path, a), b in pairs:  # the same draws; -O3 rounds some normals' arithmetic 1 ulp apart
+        a, b, name = np.asarray(a), np.asarray(b), jax.tree_util.keystr(path)
+        if np.issubdtype(a.dtype, np.floating):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=0, err_msg=name)
+        else:
+            np.testing.assert_array_equal(a, b, err_msg=name)
     assert not os.listdir(tmp_path)  # planning writes nothing
