@@ -206,6 +206,11 @@ def test_shipped_configs(tmp_path):
     assert coco_task.image_shape == (config.data.canvas_size,) * 2 + (3,)
     assert coco_task.num_classes == 80 and coco_task.max_objects == 100
     assert coco_task.model.num_queries == 100
+    from attn_jax.train.optim import make_optimizer
+
+    _, schedule = make_optimizer(config.optim, 1000)  # the paper's drop: 10x after 4/5 of the run
+    np.testing.assert_allclose([float(schedule(s)) for s in (0, 799, 800, 999)],
+                               [1e-4, 1e-4, 1e-5, 1e-5], rtol=1e-6)
 
 
 def test_detection_pictures_are_written(task, params, tmp_path):

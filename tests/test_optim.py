@@ -27,6 +27,28 @@ def test_warmup_cosine_schedule_matches_formula():
         np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5, atol=1e-7)
 
 
+def test_step_schedule_matches_formula():
+    """Reference: linear warmup 0->peak over 10 steps, then peak * 0.1**(number of drops passed),
+    the drops at round(f * 200) for f in decay_at (DETR's lr drop)."""
+    _, schedule = make_optimizer(_optim(learning_rate=0.1, warmup_steps=10, schedule="step",
+                                        decay_at=(0.5, 0.75), decay_factor=0.1), 200)
+    for step in [0, 5, 10, 99, 100, 101, 149, 150, 151, 199, 200]:
+        expected = 0.1 * step / 10 if step < 10 else 0.1 * 0.1 ** ((step >= 100) + (step >= 150))
+        np.testing.assert_allclose(float(schedule(step)), expected, rtol=1e-5, atol=1e-9,
+                                   err_msg=f"step {step}")
+
+
+@pytest.mark.parametrize("kw, match", [
+    ({}, "needs optim.decay_at"),
+    ({"decay_at": (0.8, 0.5)}, "increasing fractions"),
+    ({"decay_at": (1.0,)}, "increasing fractions"),
+    ({"decay_at": (0.01,)}, r"steps \[2\] of 200: each must be a different step after warmup"),
+    ({"decay_at": (0.5,), "decay_factor": 0.0}, "decay_factor=0.0 must be > 0")])
+def test_bad_step_schedule(kw, match):
+    with pytest.raises(ValueError, match=match):
+        make_optimizer(_optim(schedule="step", warmup_steps=10, **kw), 200)
+
+
 def test_weight_decay_skips_biases_and_norms():
     """AdamW decoupled decay on a zero gradient: kernels shrink by lr*wd*w, vectors stay put."""
     tx, _ = make_optimizer(_optim(learning_rate=0.1, weight_decay=0.5, schedule="constant",

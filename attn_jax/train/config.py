@@ -37,9 +37,11 @@ def base_config() -> ml_collections.ConfigDict:
 
     # lr_mults: (regex, multiplier) pairs over parameter paths ('Transformer/encoderblock_0/...');
     # the first full match scales that parameter's updates (0 freezes it), unmatched ones get 1.
+    # schedule: warmup, then 'cosine' or 'linear' to end_fraction, 'constant', 'rsqrt', or 'step'
+    # (times decay_factor at each fraction of total_steps in decay_at).
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=0, end_fraction=0.0,
-        weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
+        decay_at=(), decay_factor=0.1, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
         grad_clip_norm=1.0, lr_mults=()))
 
     # Start from another run's parameters (attn_jax.train.init): `path` is a workdir of this repo,

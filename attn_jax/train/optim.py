@@ -13,11 +13,13 @@ import optax
 from attn_jax.train.init import path_str, regex_pairs
 
 OPTIMIZERS = ("adamw", "adam", "sgd", "lamb")
-SCHEDULES = ("cosine", "linear", "constant", "rsqrt")
+SCHEDULES = ("cosine", "linear", "constant", "rsqrt", "step")
 
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> optax.Schedule:
-    """Linear warmup to `cfg.learning_rate`, then `cfg.schedule` decay to `end_fraction` of it."""
+    """Linear warmup to `cfg.learning_rate`, then `cfg.schedule` decay to `end_fraction` of it;
+    'step' instead multiplies the rate by `decay_factor` at each fraction of `total_steps` in
+    `decay_at` (DETR's recipe: 0.1 after 200 of 300 epochs, decay_at=(2/3,))."""
     peak = float(cfg.learning_rate)
     warmup = int(cfg.get("warmup_steps", 0))
     end = peak * float(cfg.get("end_fraction", 0.0))
@@ -31,6 +33,8 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
         decay = optax.cosine_decay_schedule(peak, decay_steps, alpha=end / peak if peak else 0.0)
     elif kind == "linear":
         decay = optax.linear_schedule(peak, end, decay_steps)
+    elif kind == "step":
+        decay = optax.piecewise_constant_schedule(peak, _drops(cfg, total_steps, warmup))
     elif kind == "rsqrt":
         decay = lambda step: peak * jax.lax.rsqrt(1.0 + step / max(warmup, 1))  # noqa: E731
     else:
@@ -38,6 +42,24 @@ def learning_rate_schedule(cfg: ml_collections.ConfigDict, total_steps: int) -> 
     if warmup == 0:
         return decay
     return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
+
+
+def _drops(cfg: ml_collections.ConfigDict, total_steps: int, warmup: int) -> dict[int, float]:
+    """{steps after the warmup: decay_factor} of the 'step' schedule's drops."""
+    at = tuple(float(f) for f in cfg.get("decay_at", ()))
+    factor = float(cfg.get("decay_factor", 0.1))
+    if not at:
+        raise ValueError("optim.schedule='step' needs optim.decay_at: the fractions of total_steps "
+                         "where the rate drops, e.g. (0.667,)")
+    if not all(0 < f < 1 for f in at) or list(at) != sorted(set(at)):
+        raise ValueError(f"optim.decay_at={at} must be increasing fractions of total_steps in (0, 1)")
+    if not factor > 0:
+        raise ValueError(f"optim.decay_factor={factor} must be > 0")
+    steps = [round(f * total_steps) for f in at]
+    if steps[0] <= warmup or len(set(steps)) < len(steps):
+        raise ValueError(f"optim.decay_at={at} puts the drops at steps {steps} of {total_steps}: "
+                         f"each must be a different step after warmup_steps={warmup}")
+    return {s - warmup: factor for s in steps}
 
 
 def decay_mask(params: Any) -> Any:
