@@ -210,10 +210,58 @@ def test_training_augmentation_flips_and_scales_images_with_their_boxes(data_dir
         np.random.default_rng(0), 100)[1].any()  # flip=False never flips
 
 
+def test_random_size_crop_cuts_the_image_and_its_boxes(data_dir):
+    """Reference: the official RandomResize + RandomSizeCrop worked out by hand for image 101
+    (40x60 px): u picks a shorter side of 400 px (x10, so 400x600), a 384x492 crop at (0, 107),
+    i.e. rows 0-38 and columns 11-60 of the original; the batch's image is that window of the
+    picture resized (PIL), and the annotations of fake_coco.IMAGES clipped to it, relative to it."""
+    from PIL import Image
+
+    ds = coco.CocoDetection("validation", data_dir, image_size=64, crop=True)
+    row = _rows(ds).index(101)
+    u = np.array([[0.1, 0.0, 0.0, 0.5, 0.0, 0.99]])
+    assert coco.crop_window(40, 60, u[0]) == (0, 11, 38, 60)
+    batch = ds.detection_batch([row], (np.ones(1), np.zeros(1, bool), u))
+    mask = batch["pixel_mask"][0]
+    nh, nw = round(38 * 64 / 49), 64
+    assert mask[:nh, :nw].all() and mask.sum() == nh * nw
+    want = np.asarray(Image.fromarray(fake_coco.image_pixels(101, 40, 60)[0:38, 11:60]).resize(
+        (nw, nh), Image.BILINEAR), np.float32) / 255
+    assert np.abs(batch["image"][0][:nh, :nw] - want).mean() < 0.03
+    # (ymin, xmin, ymax, xmax) * (40, 60, 40, 60) px: (4, 12, 20, 36) and (22, 6, 38, 27)
+    np.testing.assert_allclose(batch["boxes"][0][batch["box_mask"][0]], [
+        [13 / 49, 12 / 38, 24 / 49, 16 / 38],     # x 1-25, y 4-20 of the 49x38 window
+        [8 / 49, 30 / 38, 16 / 49, 16 / 38]],     # x 0-16 (clipped at the left), y 22-38
+        atol=1e-5)
+    np.testing.assert_array_equal(batch["labels"][0][batch["box_mask"][0]], [3, 10])
+    # u[0] >= 1/2: no crop, the plain batch
+    plain = ds.detection_batch([row])
+    no_crop = ds.detection_batch([row], (np.ones(1), np.zeros(1, bool),
+                                         np.concatenate([[[0.7]], u[:, 1:]], 1)))
+    np.testing.assert_array_equal(no_crop["image"], plain["image"])
+    # a box outside the window is dropped, one across its edge clipped
+    boxes, labels = coco.crop_boxes(np.array([[0.1, 0.5, 0.1, 0.2], [0.5, 0.5, 0.4, 0.4]]),
+                                    np.array([1, 2]), (100, 100), (0, 40, 100, 100))
+    np.testing.assert_allclose(boxes, [[(0 + 30) / 2 / 60, 0.5, 30 / 60, 0.4]], atol=1e-6)
+    np.testing.assert_array_equal(labels, [2])
+    # drawn windows: about half the images, always inside the image, at least 384/600 of a side
+    rng = np.random.default_rng(0)
+    windows = [coco.crop_window(h, w, v) for h, w in [(40, 60), (480, 640), (500, 333)]
+               for v in rng.random((300, 6))]
+    assert 400 < sum(w is None for w in windows) < 500
+    for (h, w), window in zip([(40, 60)] * 300 + [(480, 640)] * 300 + [(500, 333)] * 300, windows):
+        if window is not None:
+            y0, x0, y1, x1 = window
+            assert 0 <= y0 < y1 <= h and 0 <= x0 < x1 <= w
+            assert min(y1 - y0, x1 - x0) >= 0.64 * min(h, w) * 0.9, (h, w, window)
+    assert len(ds.draw(rng, 5)) == 3 and len(coco.CocoDetection(
+        "validation", data_dir, flip=True).draw(rng, 5)) == 2  # no crop: no numbers drawn
+
+
 def test_augmented_training_batches_repeat_exactly_for_the_same_seed(data_dir):
     """The augmentation is drawn per step from the batcher's seeded generator: a fresh
     iterator (a resumed run) yields the same batches; the unaugmented config differs."""
-    task = _coco_task(data_dir, **{"data.min_scale": 0.5, "data.flip": True})
+    task = _coco_task(data_dir, **{"data.min_scale": 0.5, "data.flip": True, "data.crop": True})
     first = [next(it) for it in [task.train_iterator(seed=3, process_index=0,
                                                      process_count=1)] for _ in range(4)]
     again = [next(it) for it in [task.train_iterator(seed=3, process_index=0,

@@ -281,7 +281,8 @@ def test_a_full_disk_stops_the_run_at_the_failed_asynchronous_save(data_dir, jax
     ckpts = f"{workdir}/checkpoints"
     script = (f"mount -t tmpfs -o size=64m tmpfs {ckpts} || exit 99; "
               f"cp -a {workdir}/saved/2 {ckpts}/ && "
-              f"mount -o remount,size=$(( $(df -k --output=used {ckpts} | tail -1) + 160 ))k {ckpts} && "
+              f"used=$(df -k --output=used {ckpts} | tail -1) && "
+              f"mount -o remount,size=$((used + 160))k {ckpts} && "
               + shlex.join(train_py_args(workdir, data_dir, "--config.checkpoint.async_save=True"))
               + f"; rc=$?; cp -a {workdir}/checkpoints {workdir}/after; exit $rc")
     started = time.monotonic()

@@ -58,6 +58,7 @@ class DataConfig:
     max_objects: int = 0                 # target slots per image; 0 = max_items (COCO: 100)
     min_scale: float = 1.0               # COCO training: longer side random in [min_scale, 1] * S
     flip: bool = False                   # COCO training: random horizontal flips
+    crop: bool = False                   # COCO training: DETR's random size crop, p = 1/2
     source_dir: str = ""                 # Fashion-MNIST IDX files; "" = the default place
     data_dir: str = ""                   # tfds data dir (coco)
     eval_splits: tuple[str, ...] = ("validation",)
@@ -97,10 +98,10 @@ class DetectionTask(Task):
     def validate(self) -> None:
         cfg = self.data_cfg
         self.check_splits(tuple(cfg.eval_splits), "config.data.eval_splits")
-        if not self.is_coco and (cfg.flip or cfg.min_scale != 1.0):
-            raise ValueError(f"config.data.flip={cfg.flip} / min_scale={cfg.min_scale} augment "
-                             "COCO only; the scenes are not augmented (set flip=False, "
-                             "min_scale=1.0)")
+        if not self.is_coco and (cfg.flip or cfg.crop or cfg.min_scale != 1.0):
+            raise ValueError(f"config.data.flip={cfg.flip} / crop={cfg.crop} / min_scale="
+                             f"{cfg.min_scale} augment COCO only; the scenes are not augmented "
+                             "(set flip=False, crop=False, min_scale=1.0)")
         if not self.is_coco and self.max_objects < cfg.max_items:
             raise ValueError(f"config.data.max_objects={cfg.max_objects} is below max_items="
                              f"{cfg.max_items}: a scene could not be padded to it")
@@ -128,7 +129,7 @@ class DetectionTask(Task):
                 self._sources[split] = coco.CocoDetection(
                     split, cfg.data_dir or None, image_size=int(cfg.canvas_size) or 800,
                     max_objects=self.max_objects, min_scale=float(cfg.min_scale),
-                    flip=bool(cfg.flip))
+                    flip=bool(cfg.flip), crop=bool(cfg.crop))
                 return self._sources[split]
             self._sources[split] = scenes.Scenes(
                 split, source=SCENE_SOURCES[cfg.dataset],

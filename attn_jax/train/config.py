@@ -41,8 +41,8 @@ def base_config() -> ml_collections.ConfigDict:
     # (times decay_factor at each fraction of total_steps in decay_at).
     c.optim = ml_collections.ConfigDict(dict(
         name="adamw", learning_rate=1e-3, schedule="cosine", warmup_steps=0, end_fraction=0.0,
-        decay_at=(), decay_factor=0.1, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8, momentum=0.9, nesterov=False,
-        grad_clip_norm=1.0, lr_mults=()))
+        decay_at=(), decay_factor=0.1, weight_decay=0.0, b1=0.9, b2=0.999, eps=1e-8,
+        momentum=0.9, nesterov=False, grad_clip_norm=1.0, lr_mults=()))
 
     # Start from another run's parameters (attn_jax.train.init): `path` is a workdir of this repo,
     # or a pretrained .npz (vision_transformer / big_vision) or Hugging Face checkpoint (`format`

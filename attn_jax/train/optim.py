@@ -52,7 +52,8 @@ def _drops(cfg: ml_collections.ConfigDict, total_steps: int, warmup: int) -> dic
         raise ValueError("optim.schedule='step' needs optim.decay_at: the fractions of total_steps "
                          "where the rate drops, e.g. (0.667,)")
     if not all(0 < f < 1 for f in at) or list(at) != sorted(set(at)):
-        raise ValueError(f"optim.decay_at={at} must be increasing fractions of total_steps in (0, 1)")
+        raise ValueError(f"optim.decay_at={at} must be increasing fractions of total_steps "
+                         "in (0, 1)")
     if not factor > 0:
         raise ValueError(f"optim.decay_factor={factor} must be > 0")
     steps = [round(f * total_steps) for f in at]

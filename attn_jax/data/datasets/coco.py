@@ -22,10 +22,15 @@ boxes that are empty after clipping to the image are dropped. Labels are tfds' c
 0..79; `COCO_CATEGORY_IDS[label]` is the COCO category id.
 
 Training augmentation (`draw` + `detection_batch(indices, drawn)`, drawn per step by the
-batcher, so a resumed run sees the same images): with `flip`, a horizontal flip with
-probability 1/2; with min_scale < 1, a random scale, the longer side uniform in [min_scale * image_size, image_size] (the paper's
-multi-scale training in spirit: it resizes the shorter side to 480-800 and also crops; no crop
-here).
+batcher, so a resumed run sees the same images):
+- with `crop`, the official DETR's random size crop with probability 1/2: the image's shorter
+  side is taken to 400, 500 or 600 px, a crop of 384-600 px on each side (at most the side) is
+  placed uniformly, and the crop, in the original image's pixels, becomes the image; boxes are
+  clipped to it and those left empty dropped (the official `crop`);
+- with `flip`, a horizontal flip with probability 1/2;
+- with min_scale < 1, a random scale: the longer side uniform in [min_scale * image_size,
+  image_size] (the paper's multi-scale training in spirit; it resizes the shorter side to
+  480-800 px).
 """
 
 from __future__ import annotations
@@ -47,6 +52,52 @@ COCO_CATEGORY_IDS = (
     28, 31, 32, 33, 34, 35, 36, 37, 38, 39, 40, 41, 42, 43, 44, 46, 47, 48, 49, 50, 51, 52, 53,
     54, 55, 56, 57, 58, 59, 60, 61, 62, 63, 64, 65, 67, 70, 72, 73, 74, 75, 76, 77, 78, 79, 80,
     81, 82, 84, 85, 86, 87, 88, 89, 90)
+
+
+# The official DETR's RandomResize(CROP_SHORTER) + RandomSizeCrop(CROP_MIN, CROP_MAX).
+CROP_SHORTER = (400, 500, 600)
+CROP_MIN, CROP_MAX = 384, 600
+
+
+def crop_window(height: int, width: int, u: np.ndarray) -> tuple[int, int, int, int] | None:
+    """(y0, x0, y1, x1) in an image's original pixels of the official random size crop drawn
+    from six uniform numbers u in [0, 1), or None (no crop) when u[0] >= 1/2."""
+    if not u[0] < 0.5:
+        return None
+    shorter = CROP_SHORTER[min(int(u[1] * len(CROP_SHORTER)), len(CROP_SHORTER) - 1)]
+    factor = shorter / min(height, width)
+    # the resized size as the official get_size_with_aspect_ratio rounds it (int, not round)
+    rh, rw = (shorter, int(shorter * width / height)) if height <= width else (
+        int(shorter * height / width), shorter)
+
+    def pick(v: float, count: int) -> int:  # randint(0, count - 1) from a uniform number
+        return min(int(v * count), count - 1)
+
+    ch = CROP_MIN + pick(u[2], min(rh, CROP_MAX) - CROP_MIN + 1)
+    cw = CROP_MIN + pick(u[3], min(rw, CROP_MAX) - CROP_MIN + 1)
+    i, j = pick(u[4], rh - ch + 1), pick(u[5], rw - cw + 1)
+    y0, x0 = min(round(i / factor), height - 1), min(round(j / factor), width - 1)
+    y1 = min(max(round((i + ch) / factor), y0 + 1), height)
+    x1 = min(max(round((j + cw) / factor), x0 + 1), width)
+    return y0, x0, y1, x1
+
+
+def crop_boxes(boxes: np.ndarray, labels: np.ndarray, size: tuple[int, int],
+               window: tuple[int, int, int, int]) -> tuple[np.ndarray, np.ndarray]:
+    """Boxes (cxcywh relative to an image of `size` (h, w)) and labels after cropping it to
+    `window` (y0, x0, y1, x1 px): clipped to the crop, relative to it; boxes left empty dropped."""
+    h, w = size
+    y0, x0, y1, x1 = window
+    cx, cy, bw, bh = boxes.T
+    left = np.clip((cx - bw / 2) * w - x0, 0, x1 - x0)
+    right = np.clip((cx + bw / 2) * w - x0, 0, x1 - x0)
+    top = np.clip((cy - bh / 2) * h - y0, 0, y1 - y0)
+    bottom = np.clip((cy + bh / 2) * h - y0, 0, y1 - y0)
+    keep = (right > left) & (bottom > top)
+    cw, ch = x1 - x0, y1 - y0
+    out = np.stack([(left + right) / 2 / cw, (top + bottom) / 2 / ch, (right - left) / cw,
+                    (bottom - top) / ch], -1)[keep]
+    return out.astype(np.float32).reshape(-1, 4), labels[keep]
 
 
 class CocoNotPreparedError(FileNotFoundError):
@@ -115,7 +166,7 @@ class CocoDetection:
 
     def __init__(self, split: str, data_dir: str | os.PathLike | None, *, image_size: int = 800,
                  max_objects: int = 100, num_examples: int | None = None,
-                 min_scale: float = 1.0, flip: bool = False,
+                 min_scale: float = 1.0, flip: bool = False, crop: bool = False,
                  source: Sequence[Any] | None = None, info: Any = None):
         if image_size < 32:
             raise ValueError(f"COCO image_size={image_size} must be >= 32 (the longer side of "
@@ -123,7 +174,7 @@ class CocoDetection:
         if not 0.0 < min_scale <= 1.0:
             raise ValueError(f"COCO min_scale={min_scale} must be in (0, 1]: the smallest "
                              "training size as a fraction of image_size")
-        self.min_scale, self.flip = float(min_scale), bool(flip)
+        self.min_scale, self.flip, self.crop = float(min_scale), bool(flip), bool(crop)
         self.split = split
         self.image_size = int(image_size)
         self.max_objects = int(max_objects)
@@ -190,22 +241,26 @@ class CocoDetection:
         return boxes.astype(np.float32).reshape(-1, 4), labels[keep].astype(np.int32)
 
     # -- batches ----------------------------------------------------------------------------
-    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
+    def draw(self, rng: np.random.Generator, n: int) -> tuple[np.ndarray, ...]:
         """The training augmentation of n images: (scale float64 [n] in [min_scale, 1], flip
-        bool [n], all False unless `flip`), for `detection_batch(indices, drawn)`
-        (`batcher.host_batches` calls it once per step)."""
-        return rng.uniform(self.min_scale, 1.0, n), (rng.random(n) < 0.5) & self.flip
+        bool [n], all False unless `flip`, and with `crop` the crop's uniform numbers [n, 6] for
+        `crop_window`), for `detection_batch(indices, drawn)` (`batcher.host_batches` calls it
+        once per step). Without `crop` no numbers are drawn for it, so the other draws stay
+        those of a config without the key."""
+        drawn = (rng.uniform(self.min_scale, 1.0, n), (rng.random(n) < 0.5) & self.flip)
+        return drawn + (rng.random((n, 6)),) if self.crop else drawn
 
     @property
     def augments(self) -> bool:
-        return self.min_scale < 1.0 or self.flip
+        return self.min_scale < 1.0 or self.flip or self.crop
 
-    def detection_batch(self, indices: Any, drawn: tuple[np.ndarray, np.ndarray] | None = None
+    def detection_batch(self, indices: Any, drawn: tuple[np.ndarray, ...] | None = None
                         ) -> batcher.Batch:
         """{'image' [b, S, S, 3], 'pixel_mask' bool [b, S, S], 'boxes' [b, m, 4], 'labels'
         [b, m], 'box_mask' bool [b, m]} with m = max_objects; `indices` a list of ints or a
         `batcher.IndexBatch` (filler rows: empty canvases, no objects, an all-False mask);
-        `drawn` (from `draw`, one row per index) scales and flips the images and their boxes.
+        `drawn` (from `draw`, one row per index) crops, flips and scales the images and their
+        boxes.
         An image with more objects than max_objects raises a ValueError naming it."""
         if isinstance(indices, batcher.IndexBatch):
             real, size = indices.real(), len(indices.indices)
@@ -219,8 +274,15 @@ class CocoDetection:
         for row, index in enumerate(real):
             record = self.record(index)
             scale, flip = (1.0, False) if drawn is None else (drawn[0][row], bool(drawn[1][row]))
-            images[row], masks[row] = self.resized(record["image"], scale, flip)
+            image = np.asarray(record["image"])
             boxes[row], labels[row] = self.targets(record)
+            window = None if drawn is None or len(drawn) < 3 else crop_window(
+                *image.shape[:2], drawn[2][row])
+            if window is not None:
+                boxes[row], labels[row] = crop_boxes(boxes[row], labels[row], image.shape[:2],
+                                                     window)
+                image = image[window[0]:window[2], window[1]:window[3]]
+            images[row], masks[row] = self.resized(image, scale, flip)
             if flip:  # boxes are relative to the real image: cx -> 1 - cx
                 boxes[row] = boxes[row] * [-1, 1, 1, 1] + [1, 0, 0, 0]
             if len(boxes[row]) > self.max_objects:
