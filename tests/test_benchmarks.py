@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import jax.numpy as jnp
 import pytest
 
 BENCH_DIR = Path(__file__).resolve().parents[1] / "benchmarks"
@@ -112,6 +114,22 @@ def test_bench_vit_row_for_a_mixer_config():
     assert row[0] == "mixer_fashion_mnist" and row[2] == "0.59M" and row[3:6] == [
         "2", "28x28", "float32"], row
     assert float(row[7].replace(",", "")) > 0 and float(row[8]) > 0 and row[10].endswith("%")
+
+
+def test_bench_init_row_of_a_small_program():
+    """bench_init's row for a small init program: both builds compile and run (positive times),
+    the program's parameter and array counts, and the trainer's choice for a small CPU model."""
+    import flax.linen as nn
+
+    bench_init = _bench_module("bench_init")
+    model = nn.Dense(3)
+    init = jax.jit(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 5))))
+    mesh = jax.make_mesh((1,), ("data",), devices=jax.devices()[:1])
+    row = [c.strip() for c in bench_init._row("dense", jax.eval_shape(init), init.lower(), 18,
+                                               mesh).strip("|").split("|")]
+    assert row[:3] == ["dense", "0.00M", "2"] and row[-1] == "-O0", row
+    assert float(row[3]) > 0 and float(row[5]) > 0, row  # compile times; runs may print 0.000
+    assert float(row[4]) >= 0 and float(row[6]) >= 0 and row[7].endswith("x"), row
 
 
 def test_gpu_suite_dry_run():
