@@ -301,12 +301,13 @@ def init_compiler_options(mesh: jax.sharding.Mesh, n_params: int) -> dict[str, A
     """XLA options for the program that draws the initial state.
 
     That program is one threefry draw per parameter array, which XLA's CPU backend spends
-    seconds optimising (9 s for the tiny U-Net's 74 arrays on one core, 1.1 s at -O0) and which
-    runs once. Unoptimised, it costs about 0.1 us per parameter (ViT-B/16 on one core: 4.7 s to
-    compile plus 7.9 s to run at -O0, against 9.4 s plus 1.4 s), so only CPU runs of models
-    under SMALL_INIT_PARAMS compile it at -O0. The draws are the same up to float rounding (a few
-    normal draws of the tiny ViT land 1 ulp apart; tests/test_train.py checks it); a given config
-    on a given platform always draws the same bits."""
+    seconds optimising, and it runs once: at -O0 the offline configs compile and run it 1.7-2.7x
+    faster (ddpm_fashion_mnist: 3.4 s against 8.8 s). Unoptimised it costs about 0.07 us per
+    parameter (ViT-B/16 with AdamW: 6.0 s to compile plus 5.8 s to run at -O0, against 7.2 s plus
+    1.0 s), so only CPU runs of models under SMALL_INIT_PARAMS compile it at -O0
+    (benchmarks/bench_init.py, BENCHMARKS.md). The draws are the same up to float rounding (a
+    few normal draws of the tiny ViT land 1 ulp apart; tests/test_train.py checks it); a given
+    config on a given platform always draws the same bits."""
     on_cpu = all(d.platform == "cpu" for d in mesh.devices.flat)
     return {"xla_backend_optimization_level": 0} if on_cpu and n_params < SMALL_INIT_PARAMS else {}
 
