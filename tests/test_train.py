@@ -307,7 +307,7 @@ def test_training_features_and_determinism(data_dir, tmp_path):
     assert events and all(os.path.getsize(tmp_path / "a" / "tensorboard" / e) > 0 for e in events)
 
 
-def test_small_cpu_inits_compile_unoptimised_and_draw_the_same_bits(data_dir, tmp_path):
+def test_small_cpu_inits_compile_unoptimised_and_draw_the_same_numbers(data_dir, tmp_path):
     """The initial state compiled at -O0 (what a small model on a CPU gets) equals the state from
     XLA's default optimised (-O3) compilation of the same program, the reference, to float
     rounding (integer leaves bit for bit).
