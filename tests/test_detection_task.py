@@ -43,7 +43,7 @@ def params(task):
 
 
 def _batch(task, n=2):
-    return scenes.detection_batch(task.source("train"), list(range(n)), task.max_objects)
+    return task.source("train").detection_batch(list(range(n)))
 
 
 @pytest.mark.parametrize("edit, match", [
@@ -151,7 +151,7 @@ def test_overfits_one_batch_of_scenes_to_ap50():
                         backbone=dict(name="cnn", widths=(16, 32, 32), blocks_per_stage=1,
                                       num_groups=8))
     task = get_task("detection")(config)
-    batch = {**scenes.detection_batch(task.source("train"), range(4), task.max_objects),
+    batch = {**task.source("train").detection_batch(range(4)),
              "mask": np.ones(4, np.float32)}
     params = jax.jit(task.init_params)(jax.random.PRNGKey(0))
     tx = optax.chain(optax.clip_by_global_norm(0.1), optax.adamw(2e-3, weight_decay=1e-4))

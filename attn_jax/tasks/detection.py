@@ -121,8 +121,10 @@ class DetectionTask(Task):
         return batch
 
     # -- data ---------------------------------------------------------------------------------
-    def source(self, split: str) -> scenes.Scenes | coco.CocoDetection:
-        """The split's examples: `scenes.Scenes`, or `coco.CocoDetection` for 'coco'."""
+    def source(self, split: str) -> scenes.SceneDetection | coco.CocoDetection:
+        """The split's detection source: `scenes.SceneDetection`, or `coco.CocoDetection` for
+        'coco'; both serve `detection_batch(indices, drawn)`, `coco_dict(max_images)`, `draw`
+        and `augments`, so the rest of the task does not ask which."""
         if split not in self._sources:
             cfg = self.data_cfg
             if self.is_coco:
@@ -130,17 +132,17 @@ class DetectionTask(Task):
                     split, cfg.data_dir or None, image_size=int(cfg.canvas_size) or 800,
                     max_objects=self.max_objects, min_scale=float(cfg.min_scale),
                     flip=bool(cfg.flip), crop=bool(cfg.crop))
-                return self._sources[split]
-            self._sources[split] = scenes.Scenes(
-                split, source=SCENE_SOURCES[cfg.dataset],
-                num_examples=int(getattr(cfg, f"{split}_size")),
-                canvas_size=int(cfg.canvas_size) or None, min_items=int(cfg.min_items),
-                max_items=int(cfg.max_items), seed=int(cfg.seed),
-                source_dir=cfg.source_dir or None)
+            else:
+                self._sources[split] = scenes.SceneDetection(scenes.Scenes(
+                    split, source=SCENE_SOURCES[cfg.dataset],
+                    num_examples=int(getattr(cfg, f"{split}_size")),
+                    canvas_size=int(cfg.canvas_size) or None, min_items=int(cfg.min_items),
+                    max_items=int(cfg.max_items), seed=int(cfg.seed),
+                    source_dir=cfg.source_dir or None), self.max_objects)
         return self._sources[split]
 
     def splits(self) -> tuple[str, ...]:
-        return tuple(coco.SPLITS if self.is_coco else scenes.SPLITS)
+        return tuple(self.source("train").SPLITS)
 
     def eval_splits(self) -> tuple[str, ...]:
         return tuple(self.data_cfg.eval_splits)
@@ -150,9 +152,7 @@ class DetectionTask(Task):
 
     def _collate(self, split_source: Any, indices: Any, drawn: Any = None
                  ) -> dict[str, np.ndarray]:
-        if self.is_coco:
-            return self.check_batch(split_source.detection_batch(indices, drawn))
-        return self.check_batch(scenes.detection_batch(split_source, indices, self.max_objects))
+        return self.check_batch(split_source.detection_batch(indices, drawn))
 
     def batch(self, split: str, indices: Any) -> dict[str, np.ndarray]:
         """The host batch of the examples `indices` (a list, or a `batcher.IndexBatch`) of
@@ -163,7 +163,7 @@ class DetectionTask(Task):
                  process_count: int, num_examples: int | None = None):
         split_source = self.source(split)
         n = len(split_source) if num_examples is None else min(num_examples, len(split_source))
-        draw = split_source.draw if self.is_coco and split_source.augments else None
+        draw = split_source.draw if split_source.augments else None
         return batcher.batched_dataset(
             n, int(self.config.batch_size), functools.partial(self._collate, split_source),
             train=train, seed=seed, order="epochs", process_index=process_index,
@@ -222,9 +222,7 @@ class DetectionTask(Task):
         """The COCO ground-truth dict of the first `max_images` (0 = all) images of `split`
         (scenes: image id = scene index, category id = label + 1; COCO: its own ids, in
         original pixels)."""
-        if self.is_coco:
-            return self.source(split).coco_dict(max_images or None)
-        return scenes.coco_dict(self.source(split), max_images or None)
+        return self.source(split).coco_dict(max_images or None)
 
     def predict_fn(self):
         """(params, images [b, H, W, C], pixel_mask [b, H, W] or None) -> {'logits' [b, N,

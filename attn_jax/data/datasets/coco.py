@@ -188,6 +188,7 @@ class CocoDetection:
         self._len = n if num_examples is None else min(int(num_examples), n)
 
     num_classes = len(COCO_CATEGORY_IDS)
+    SPLITS = SPLITS
 
     def __len__(self) -> int:
         return self._len

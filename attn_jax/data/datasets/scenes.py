@@ -468,6 +468,45 @@ def detection_batch(scenes: Scenes, indices: Any, max_objects: int | None = None
     return {"image": images, "boxes": boxes, "labels": labels, "box_mask": box_mask > 0}
 
 
+class SceneDetection:
+    """`Scenes` as a detection source, with the interface of
+    `attn_jax.data.datasets.coco.CocoDetection` that the detection task uses: `len`,
+    `image_shape`, `num_classes`, `class_names`, `SPLITS`, `augments` (False: scenes are not
+    augmented), `detection_batch(indices, drawn=None)` (`detection_batch` padded to
+    max_objects, default scenes.max_items) and `coco_dict(max_images)` (`coco_dict`)."""
+
+    SPLITS = tuple(SPLITS)
+    augments = False
+    draw = None
+
+    def __init__(self, scenes: Scenes, max_objects: int | None = None):
+        self.scenes = scenes
+        self.max_objects = scenes.max_items if max_objects is None else int(max_objects)
+
+    def __len__(self) -> int:
+        return len(self.scenes)
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        return self.scenes.image_shape
+
+    @property
+    def num_classes(self) -> int:
+        return self.scenes.num_classes
+
+    @property
+    def class_names(self) -> tuple[str, ...]:
+        return self.scenes.class_names
+
+    def detection_batch(self, indices: Any, drawn: Any = None) -> batcher.Batch:
+        if drawn is not None:
+            raise ValueError("scenes are not augmented: detection_batch takes no draws")
+        return detection_batch(self.scenes, indices, self.max_objects)
+
+    def coco_dict(self, max_images: int | None = None) -> dict[str, Any]:
+        return coco_dict(self.scenes, max_images)
+
+
 def detection_dataset(scenes: Scenes, global_batch_size: int, *, train: bool, seed: int = 0,
                       max_objects: int | None = None, process_index: int | None = None,
                       process_count: int | None = None) -> grain.MapDataset:
