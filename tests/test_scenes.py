@@ -295,6 +295,20 @@ def test_padding_masks_count_the_objects_and_padded_rows_are_zero():
     with pytest.raises(ValueError, match="more than count=1"):
         sc.detection_batch(scenes, range(13), max_objects=1)
 
+    # The detection task's source: the same batch through CocoDetection's interface, padded to
+    # its own max_objects; scenes take no augmentation draws.
+    source = sc.SceneDetection(scenes, max_objects=6)
+    assert (len(source), source.image_shape, source.augments) == (13, (32, 32, 1), False)
+    assert source.SPLITS == ("train", "validation", "test")
+    batch = source.detection_batch(range(5))
+    assert batch["box_mask"].shape == (5, 6)
+    direct = sc.detection_batch(scenes, range(5), max_objects=6)
+    for key in direct:
+        np.testing.assert_array_equal(batch[key], direct[key])
+    assert source.coco_dict(3) == sc.coco_dict(scenes, 3)
+    with pytest.raises(ValueError, match="scenes are not augmented"):
+        source.detection_batch(range(2), drawn=(np.ones(2), np.zeros(2, bool)))
+
 
 # ------------------------------------------------------------------------------------- 7: COCO
 def test_coco_json_has_consistent_ids_and_the_scenes_boxes(tmp_path, digits):
