@@ -96,3 +96,35 @@ def test_checkpointer_keeps_the_latest_and_the_best(tmp_path):
     np.testing.assert_array_equal(restored["w"], np.arange(3.0) + 2)
     assert data == {"next_index": 2}
     ckpt.close()
+
+
+def test_small_replicated_arrays_are_saved_without_replica_parallel_slices(tmp_path, caplog):
+    """orbax cuts a replicated array into one part per replica with an eager slice, compiled per
+    (shape, device); below REPLICA_PARALLEL_MIN_SLICE_BYTES per replica the Checkpointer has the
+    first replica write it whole, and above it orbax still splits the write. Either way the
+    restore gives the saved values back. (Reference: orbax's own compile log.)"""
+    from attn_jax.train.checkpoint import REPLICA_PARALLEL_MIN_SLICE_BYTES
+
+    mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
+    replicated = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec())
+    rows = 8 * (REPLICA_PARALLEL_MIN_SLICE_BYTES // (4 * 1031) + 1)  # a part just over it
+    state = {"small": jax.device_put(jnp.arange(24.0).reshape(8, 3), replicated),
+             "large": jax.device_put(jnp.ones((rows, 1031)), replicated)}
+    cfg = base_config().checkpoint
+    with cfg.unlocked():
+        cfg.update(async_save=False)
+    ckpt = Checkpointer(str(tmp_path), cfg)
+    caplog.set_level("WARNING", logger="jax._src.interpreters.pxla")
+    with jax.log_compiles():
+        ckpt.save(1, state, {"next_index": 1}, {})
+        ckpt.wait()
+    sliced = [r.getMessage() for r in caplog.records
+              if r.getMessage().startswith("Compiling jit(slice)")]
+    assert not [m for m in sliced if "float32[8,3]" in m], sliced  # the input: the whole shard
+    assert [m for m in sliced if f",1031]" in m], "the large array is no longer split"
+    abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated),
+                            state)
+    restored, _ = ckpt.restore(1, abstract)
+    for key in state:
+        np.testing.assert_array_equal(restored[key], state[key])
+    ckpt.close()

@@ -31,6 +31,38 @@ log = logging.getLogger(__name__)
 
 _TMP_MARKER = ".orbax-checkpoint-tmp"
 CLOSE_TIMEOUT_S = 600  # the longest close() waits for a save in flight
+# orbax splits the writing of a replicated array across its replicas ("replica-parallel"). Each
+# replica's part is cut with an eager `jax.lax.slice`, so every (shape, device) pair pays a
+# compilation; for small arrays that costs far more than the write it shares out. Below this many
+# bytes per replica, the first replica writes the whole array, as it does without
+# replica-parallel. The files are the same either way. Measured in the DETR mesh-and-resume test
+# (2x2x2 mesh): 156 slice compilations gone, 51 s down to 42 s.
+REPLICA_PARALLEL_MIN_SLICE_BYTES = 1 << 20
+
+
+def _small_arrays_skip_replica_parallel() -> None:
+    """Sets `REPLICA_PARALLEL_MIN_SLICE_BYTES` on orbax's jax.Array handler, keeping the rest of
+    orbax's defaults. Does nothing where a handler other than orbax's own is registered."""
+    current = ocp.type_handlers.get_type_handler(jax.Array)
+    if type(current) is not ocp.type_handlers.ArrayHandler or getattr(
+            current, "_attn_jax_min_slice", False):
+        return
+    from orbax.checkpoint._src.metadata import array_metadata_store
+
+    handler = ocp.type_handlers.ArrayHandler(
+        array_metadata_store=array_metadata_store.Store(),
+        min_slice_bytes_for_replica_parallel=REPLICA_PARALLEL_MIN_SLICE_BYTES)
+    handler._attn_jax_min_slice = True
+    absl_log = logging.getLogger("absl")  # orbax warns on every override; this one is intended
+
+    def expected_override(record: logging.LogRecord) -> bool:
+        return "overriding" not in record.getMessage()
+
+    absl_log.addFilter(expected_override)
+    try:
+        ocp.type_handlers.register_type_handler(jax.Array, handler, override=True)
+    finally:
+        absl_log.removeFilter(expected_override)
 
 
 def interrupted_saves(directory: str) -> list[str]:
@@ -65,6 +97,7 @@ class Checkpointer:
             cleanup_tmp_directories=True,
             create=True,
         )
+        _small_arrays_skip_replica_parallel()
         self.manager = ocp.CheckpointManager(self.directory, options=options)
         self._saved: int | None = None      # the newest step this run saved
         self._in_flight = False             # an asynchronous save not yet seen to finish
