@@ -102,7 +102,7 @@ def test_small_replicated_arrays_are_saved_without_replica_parallel_slices(tmp_p
     """orbax cuts a replicated array into one part per replica with an eager slice, compiled per
     (shape, device); below REPLICA_PARALLEL_MIN_SLICE_BYTES per replica the Checkpointer has the
     first replica write it whole, and above it orbax still splits the write. Either way the
-    restore gives the saved values back. (Reference: orbax's own compile log.)"""
+    restore gives the saved values back. (Reference: JAX's compile log, `jax.log_compiles`.)"""
     from attn_jax.train.checkpoint import REPLICA_PARALLEL_MIN_SLICE_BYTES
 
     mesh = jax.sharding.Mesh(np.array(jax.devices()[:8]), ("data",))
@@ -121,7 +121,7 @@ def test_small_replicated_arrays_are_saved_without_replica_parallel_slices(tmp_p
     sliced = [r.getMessage() for r in caplog.records
               if r.getMessage().startswith("Compiling jit(slice)")]
     assert not [m for m in sliced if "float32[8,3]" in m], sliced  # the input: the whole shard
-    assert [m for m in sliced if f",1031]" in m], "the large array is no longer split"
+    assert [m for m in sliced if ",1031]" in m], "the large array is no longer split"
     abstract = jax.tree.map(lambda v: jax.ShapeDtypeStruct(v.shape, v.dtype, sharding=replicated),
                             state)
     restored, _ = ckpt.restore(1, abstract)
